@@ -1,0 +1,147 @@
+"""PAA label assignment (METHOD.md section 2), batched over images and GTs.
+
+Shapes: N images, A anchors (one padded shape per batch), M GT slots (padded, see
+`Targets.valid`), C classes, L pyramid levels, K = L x topk pooled candidates per GT.
+An assignment is torchvision's `matched_idxs`: (N, A) int64, the GT index of each
+anchor, BACKGROUND (-1) or IGNORE (-2).
+"""
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from ..boxes import pairwise_iof, pairwise_iou
+from ..model import coder
+from .gmm import fit_two_gaussians, split_low_component
+from .targets import Targets
+
+BACKGROUND = -1
+IGNORE = -2
+
+
+@dataclass(frozen=True)
+class PAAParams:
+    candidate_iou: float = 0.1
+    topk: int = 9
+    box_cost_weight: float = 1.3
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    # Negatives covered this much by a crowd region are ignored (not the reference: it has no ignore).
+    crowd_iof: float = 0.5
+    tol: float = 1e-3
+    max_iter: int = 100
+    reg_covar: float = 1e-6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def candidates(anchors: Tensor, targets: Targets, params: PAAParams) -> Tensor:
+    """Which GT each anchor is a candidate of: (A, 4) -> (N, A) int64, -1 for none.
+
+    Max-IoU matching at `candidate_iou`, then each GT in order takes the anchors tied at
+    its highest IoU (a later GT overrides an earlier one). A GT that overlaps no anchor
+    at all gets no candidate (the reference would hand it every anchor).
+    """
+    n, m = targets.labels.shape
+    if m == 0:
+        return torch.full((n, anchors.shape[0]), -1, dtype=torch.int64, device=anchors.device)
+    iou = pairwise_iou(targets.boxes.float(), anchors)  # (N, M, A)
+    iou = torch.where(targets.valid[..., None], iou, -1.0)
+    best_iou, best_gt = iou.max(dim=1)
+    cand = torch.where(best_iou >= params.candidate_iou, best_gt, -1)
+    gt_best = iou.amax(dim=2, keepdim=True)
+    is_gt_best = (iou == gt_best) & (gt_best > 0)
+    gt_index = torch.arange(m, device=anchors.device)[None, :, None]
+    last_claim = torch.where(is_gt_best, gt_index, -1).amax(dim=1)
+    return torch.where(last_claim >= 0, last_claim, cand)
+
+
+def candidate_costs(
+    anchors: Tensor, cls_logits: Tensor, box_deltas: Tensor, cand: Tensor, targets: Targets, params: PAAParams
+) -> Tensor:
+    """PAA cost of each anchor for its candidate GT; +inf where it is no candidate.
+
+    anchors (A, 4), cls_logits (N, A, C), box_deltas (N, A, 4), cand (N, A) -> (N, A) float32.
+    Cost = focal loss summed over classes + 1.3 x GIoU loss of the decoded box.
+    """
+    gt = cand.clamp(min=0)
+    gt_boxes = torch.gather(targets.boxes.float(), 1, gt[..., None].expand(-1, -1, 4))
+    gt_labels = torch.gather(targets.labels, 1, gt)
+    onehot = torch.nn.functional.one_hot(gt_labels, cls_logits.shape[-1]).float()
+    cls_cost = sigmoid_focal_loss(cls_logits.float(), onehot, params.focal_alpha, params.focal_gamma).sum(-1)
+    boxes = coder.decode(anchors, box_deltas.float())
+    box_cost = generalized_box_iou_loss(boxes, gt_boxes, reduction="none")
+    cost = cls_cost + params.box_cost_weight * box_cost
+    return torch.where(cand >= 0, cost, torch.inf)
+
+
+def pooled_topk(cost: Tensor, cand: Tensor, num_per_level: list[int], num_gts: int, topk: int) -> tuple[Tensor, Tensor]:
+    """Per GT and level the `topk` cheapest candidates, pooled and sorted by cost.
+
+    cost, cand: (N, A) -> costs (N, M, K) float32 (+inf in empty slots, which come
+    last) and anchor indices (N, M, K) int64. Ties go to the lower anchor index.
+    """
+    gt_index = torch.arange(num_gts, device=cost.device)[None, :, None]
+    pooled_cost, pooled_idx, start = [], [], 0
+    for count in num_per_level:
+        level_cost = cost[:, None, start:start + count]
+        level_cand = cand[:, None, start:start + count]
+        per_gt = torch.where(level_cand == gt_index, level_cost, torch.inf)
+        values, order = per_gt.sort(dim=-1, stable=True)
+        pooled_cost.append(values[..., :topk])
+        pooled_idx.append(order[..., :topk] + start)
+        start += count
+    costs = torch.cat(pooled_cost, -1)
+    costs, order = costs.sort(dim=-1, stable=True)
+    return costs, torch.gather(torch.cat(pooled_idx, -1), -1, order)
+
+
+def assign_from_costs(
+    cost: Tensor, cand: Tensor, num_per_level: list[int], targets: Targets, params: PAAParams, anchors: Tensor
+) -> Tensor:
+    """Mixture split of the pooled costs -> matched_idxs (N, A) int64."""
+    n, a = cand.shape
+    m = targets.labels.shape[1]
+    matched = torch.full((n, a), BACKGROUND, dtype=torch.int64, device=cand.device)
+    if m:
+        costs, idx = pooled_topk(cost, cand, num_per_level, m, params.topk)
+        valid = torch.isfinite(costs)
+        flat_costs, flat_valid = costs.reshape(n * m, -1), valid.reshape(n * m, -1)
+        mixture = fit_two_gaussians(flat_costs, flat_valid, params.tol, params.max_iter, params.reg_covar)
+        positive = split_low_component(flat_costs, flat_valid, mixture).reshape(n, m, -1)
+        positive &= (valid.sum(-1) >= 2)[..., None]
+        gt_of_slot = torch.arange(m, device=cand.device)[None, :, None].expand_as(idx)
+        image = torch.arange(n, device=cand.device)[:, None, None].expand_as(idx)
+        matched[image[positive], idx[positive]] = gt_of_slot[positive]
+    return mark_crowd_ignored(matched, anchors, targets, params)
+
+
+def mark_crowd_ignored(matched: Tensor, anchors: Tensor, targets: Targets, params: PAAParams) -> Tensor:
+    """Background anchors mostly inside a crowd region become IGNORE."""
+    if targets.crowd_boxes.shape[1] == 0:
+        return matched
+    iof = pairwise_iof(targets.crowd_boxes.float(), anchors)  # (N, K, A)
+    covered = (torch.where(targets.crowd_valid[..., None], iof, 0.0) >= params.crowd_iof).any(1)
+    return torch.where(covered & (matched == BACKGROUND), IGNORE, matched)
+
+
+def paa_assign(
+    anchors: Tensor,
+    num_per_level: list[int],
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    targets: Targets,
+    params: PAAParams = PAAParams(),
+) -> Tensor:
+    """PAA assignment from one network's predictions.
+
+    anchors (A, 4) float32; cls_logits (N, A, C); box_deltas (N, A, 4); targets with M
+    GT slots. Returns matched_idxs (N, A) int64 on the predictions' device. Gradients
+    never flow through it.
+    """
+    with torch.no_grad():
+        cand = candidates(anchors, targets, params)
+        cost = candidate_costs(anchors, cls_logits, box_deltas, cand, targets, params)
+        return assign_from_costs(cost, cand, num_per_level, targets, params, anchors)

@@ -1,0 +1,46 @@
+"""Ground truth of a batch, padded to the largest GT count."""
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Targets:
+    """GT of N images. boxes (N, M, 4) float32 xyxy in input pixels; labels (N, M) int64
+    contiguous class labels; valid (N, M) bool (False in padding slots); crowd_boxes
+    (N, K, 4) and crowd_valid (N, K): iscrowd regions, which are never matched.
+    GT index m of image n is the m-th non-crowd annotation of that image, in file order.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
+    crowd_boxes: Tensor
+    crowd_valid: Tensor
+
+    @staticmethod
+    def from_lists(boxes: list[Tensor], labels: list[Tensor], crowd: list[Tensor]) -> "Targets":
+        n = len(boxes)
+        m = max((len(b) for b in boxes), default=0)
+        k = max((len(c) for c in crowd), default=0)
+        out = Targets(
+            boxes=torch.zeros(n, m, 4),
+            labels=torch.zeros(n, m, dtype=torch.int64),
+            valid=torch.zeros(n, m, dtype=torch.bool),
+            crowd_boxes=torch.zeros(n, k, 4),
+            crowd_valid=torch.zeros(n, k, dtype=torch.bool),
+        )
+        for i, (b, lab, c) in enumerate(zip(boxes, labels, crowd)):
+            out.boxes[i, : len(b)] = b
+            out.labels[i, : len(b)] = lab
+            out.valid[i, : len(b)] = True
+            out.crowd_boxes[i, : len(c)] = c
+            out.crowd_valid[i, : len(c)] = True
+        return out
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Targets":
+        return Targets(*(t.to(device, non_blocking=non_blocking) for t in self.__dict__.values()))
+
+    def select(self, index: Tensor) -> "Targets":
+        return Targets(*(t[index] for t in self.__dict__.values()))

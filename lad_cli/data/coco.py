@@ -1,0 +1,153 @@
+"""COCO-format annotations: locate, read, validate, map categories to contiguous labels.
+
+Every problem with the user's files is a LadError naming the file and the image or
+annotation id. Boxes that overrun their image by at most 1 px (rounding in exported
+annotations) are clipped; boxes further outside are rejected.
+"""
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LadError
+
+OVERRUN_TOLERANCE = 1.0
+
+
+@dataclass
+class ImageRecord:
+    """One image and its GT: boxes (M, 4) float32 xyxy pixels, labels (M,) int64,
+    crowd (K, 4) float32 iscrowd regions. GT order = annotation order in the file."""
+
+    id: int
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    crowd: np.ndarray
+
+
+@dataclass
+class CocoSplit:
+    ann_file: Path
+    image_dir: Path
+    images: list[ImageRecord]
+    categories: list[dict]  # label -> {"id", "name"}, sorted by category id
+    sha256: str = field(default="")
+
+    def category_id(self, label: int) -> int:
+        return self.categories[label]["id"]
+
+
+def locate_split(data: Path | None, split: str, ann: Path | None = None, images: Path | None = None) -> tuple[Path, Path]:
+    """(annotation file, image folder) for `--data DIR [--split]` or `--ann FILE --images DIR`."""
+    if ann is not None or images is not None:
+        if ann is None or images is None:
+            raise LadError("--ann and --images go together")
+        return Path(ann), Path(images)
+    if data is None:
+        raise LadError("give --data DIR, or --ann FILE with --images DIR")
+    data = Path(data)
+    if not data.is_dir():
+        raise LadError(f"{data}: data directory not found")
+    layouts = [(data / "annotations" / f"{split}.json", data / "images" / split),
+               (data / "annotations" / f"instances_{split}2017.json", data / f"{split}2017")]
+    for ann_file, image_dir in layouts:
+        if ann_file.is_file():
+            return ann_file, image_dir
+    raise LadError(f"{data}: no split {split!r} (looked for annotations/{split}.json and annotations/instances_{split}2017.json)")
+
+
+def load_split(ann_file: Path, image_dir: Path) -> CocoSplit:
+    if not ann_file.is_file():
+        raise LadError(f"{ann_file}: annotation file not found")
+    raw = ann_file.read_bytes()
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise LadError(f"{ann_file}: malformed json{where}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not isinstance(doc.get("categories"), list):
+        raise LadError(f"{ann_file}: not a COCO annotation file (needs 'images' and 'categories' lists)")
+    if not image_dir.is_dir():
+        raise LadError(f"{image_dir}: image folder not found (for {ann_file})")
+
+    categories = _read_categories(ann_file, doc["categories"])
+    label_of = {c["id"]: label for label, c in enumerate(categories)}
+    images = _read_images(ann_file, image_dir, doc["images"])
+    gts: dict[int, tuple[list, list, list]] = {i.id: ([], [], []) for i in images}
+    by_id = {i.id: i for i in images}
+    seen: set = set()
+    for ann in doc.get("annotations", []):
+        _add_annotation(ann_file, ann, by_id, label_of, gts, seen)
+    for image in images:
+        boxes, labels, crowd = gts[image.id]
+        image.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        image.labels = np.asarray(labels, dtype=np.int64)
+        image.crowd = np.asarray(crowd, dtype=np.float32).reshape(-1, 4)
+    return CocoSplit(ann_file, image_dir, images, categories, hashlib.sha256(raw).hexdigest())
+
+
+def _read_categories(ann_file: Path, raw: list) -> list[dict]:
+    seen = set()
+    for c in raw:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int):
+            raise LadError(f"{ann_file}: category without an integer id: {str(c)[:80]}")
+        if c["id"] in seen:
+            raise LadError(f"{ann_file}: duplicate category id {c['id']}")
+        seen.add(c["id"])
+    if not raw:
+        raise LadError(f"{ann_file}: no categories")
+    return [{"id": c["id"], "name": str(c.get("name", c["id"]))} for c in sorted(raw, key=lambda c: c["id"])]
+
+
+def _read_images(ann_file: Path, image_dir: Path, raw: list) -> list[ImageRecord]:
+    images, seen = [], set()
+    for im in raw:
+        try:
+            image_id, name, width, height = im["id"], im["file_name"], int(im["width"]), int(im["height"])
+        except (KeyError, TypeError, ValueError):
+            raise LadError(f"{ann_file}: image entry needs id, file_name, width, height: {str(im)[:80]}") from None
+        if image_id in seen:
+            raise LadError(f"{ann_file}: duplicate image id {image_id}")
+        seen.add(image_id)
+        path = image_dir / name
+        if not path.is_file():
+            raise LadError(f"{ann_file}: image id {image_id}: {path} not found")
+        empty = np.zeros((0, 4), np.float32)
+        images.append(ImageRecord(image_id, path, width, height, empty, np.zeros(0, np.int64), empty))
+    return images
+
+
+def _add_annotation(ann_file: Path, ann: dict, by_id: dict, label_of: dict, gts: dict, seen: set) -> None:
+    ann_id = ann.get("id") if isinstance(ann, dict) else None
+    if ann_id is None:
+        raise LadError(f"{ann_file}: annotation without an id: {str(ann)[:80]}")
+    if ann_id in seen:
+        raise LadError(f"{ann_file}: duplicate annotation id {ann_id}")
+    seen.add(ann_id)
+    image = by_id.get(ann.get("image_id"))
+    if image is None:
+        raise LadError(f"{ann_file}: annotation id {ann_id}: unknown image id {ann.get('image_id')}")
+    where = f"{ann_file}: annotation id {ann_id} (image id {image.id})"
+    if ann.get("category_id") not in label_of:
+        raise LadError(f"{where}: unknown category id {ann.get('category_id')}")
+    try:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+    except (KeyError, TypeError, ValueError):
+        raise LadError(f"{where}: bbox must be [x, y, width, height]") from None
+    if not (w > 0 and h > 0):
+        raise LadError(f"{where}: box with non-positive size [{x:g}, {y:g}, {w:g}, {h:g}]")
+    t = OVERRUN_TOLERANCE
+    if x < -t or y < -t or x + w > image.width + t or y + h > image.height + t:
+        raise LadError(f"{where}: box [{x:g}, {y:g}, {w:g}, {h:g}] lies outside the {image.width}x{image.height} image")
+    box = [max(x, 0.0), max(y, 0.0), min(x + w, image.width), min(y + h, image.height)]
+    boxes, labels, crowd = gts[image.id]
+    if ann.get("iscrowd", 0):
+        crowd.append(box)
+    else:
+        boxes.append(box)
+        labels.append(label_of[ann["category_id"]])

@@ -1,0 +1,115 @@
+"""ResNet (torchvision) C3-C5 + FPN P3-P7, the PAA reference's neck."""
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from ..errors import LadError
+
+RESNET_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+ARCHS = tuple(RESNET_CHANNELS)
+
+
+class ResNetC3C5(nn.Module):
+    """The C3, C4, C5 feature maps (strides 8, 16, 32) of a torchvision ResNet."""
+
+    def __init__(self, arch: str):
+        super().__init__()
+        if arch not in RESNET_CHANNELS:
+            raise LadError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+        net = getattr(torchvision.models, arch)(weights=None)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        c5 = RESNET_CHANNELS[arch]
+        self.out_channels = (c5 // 4, c5 // 2, c5)
+        self.frozen = False
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        c2 = self.layer1(self.stem(x))
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        return [c3, c4, self.layer4(c4)]
+
+    def freeze_stem(self) -> None:
+        """With pretrained weights: stem and first stage fixed, BatchNorm statistics fixed."""
+        self.frozen = True
+        for module in (self.stem, self.layer1):
+            for p in module.parameters():
+                p.requires_grad_(False)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ResNetC3C5":
+        super().train(mode)
+        if self.frozen:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+
+class FPN(nn.Module):
+    """P3-P5 from lateral + top-down paths; P6, P7 from stride-2 convs on the FPN output.
+
+    No ReLU before P7 (torchvision's LastLevelP6P7 has one; the reference does not).
+    """
+
+    def __init__(self, in_channels: tuple[int, int, int], width: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in in_channels)
+        self.p6 = nn.Conv2d(width, width, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(width, width, 3, stride=2, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        laterals = [conv(f) for conv, f in zip(self.lateral, feats)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + nn.functional.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
+            )
+        outs = [conv(x) for conv, x in zip(self.output, laterals)]
+        p6 = self.p6(outs[-1])
+        return outs + [p6, self.p7(p6)]
+
+
+def load_backbone_weights(backbone: ResNetC3C5, arch: str, weights: str) -> None:
+    """`weights` is a local torchvision ResNet state-dict file, or "imagenet" (torchvision's cache)."""
+    if weights == "imagenet":
+        enum = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+        try:
+            state = enum.get_state_dict(progress=False)
+        except Exception as exc:  # offline with an empty cache: urllib/OS errors of every kind
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+            raise LadError(
+                f"cannot load ImageNet weights for {arch} ({type(exc).__name__}); "
+                f"put {Path(enum.url).name} at {cache} or pass --weights PATH"
+            ) from None
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise LadError(f"{path}: weights file not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise LadError(f"{path}: not a torch state-dict file ({type(exc).__name__})") from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = backbone.load_state_dict({_backbone_key(k): v for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        shown = (missing or unexpected)[0]
+        raise LadError(f"{weights}: not a {arch} state dict (first mismatched key: {shown})")
+
+
+_STEM = {"conv1": "0", "bn1": "1"}
+
+
+def _backbone_key(key: str) -> str:
+    """torchvision ResNet key -> ours (conv1/bn1 live in our `stem` Sequential)."""
+    head, _, rest = key.partition(".")
+    return f"stem.{_STEM[head]}.{rest}" if head in _STEM else key

@@ -1,0 +1,62 @@
+"""The PAA detector: backbone -> FPN -> head, plus its anchor layout."""
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+from .anchors import AnchorLayout
+from .backbone import FPN, ResNetC3C5
+from .head import PAAHead
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to rebuild the network; the defaults are the paper's full size."""
+
+    arch: str = "resnet50"
+    num_classes: int = 80
+    width: int = 256  # FPN and head channels
+    head_depth: int = 4  # convs per head tower
+    layout: AnchorLayout = field(default_factory=AnchorLayout)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "DetectorConfig":
+        return DetectorConfig(**{**d, "layout": AnchorLayout(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["layout"].items()})})
+
+
+@dataclass
+class Predictions:
+    """cls_logits (N, A, C), box_deltas (N, A, 4), iou_logits (N, A)."""
+
+    cls_logits: Tensor
+    box_deltas: Tensor
+    iou_logits: Tensor
+
+    def detach(self) -> "Predictions":
+        return Predictions(self.cls_logits.detach(), self.box_deltas.detach(), self.iou_logits.detach())
+
+
+class PAADetector(nn.Module):
+    def __init__(self, config: DetectorConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = ResNetC3C5(config.arch)
+        self.fpn = FPN(self.backbone.out_channels, config.width)
+        self.head = PAAHead(config.num_classes, config.width, config.head_depth, len(config.layout.strides))
+
+    def forward(self, images: Tensor) -> Predictions:
+        """images (N, 3, H, W), normalised and padded to a multiple of the largest stride."""
+        return Predictions(*self.head(self.fpn(self.backbone(images))))
+
+    def anchors(self, padded_hw: tuple[int, int], device: torch.device) -> tuple[Tensor, list[int]]:
+        """(A, 4) anchors and the anchor count per level for this padded input shape."""
+        return _anchors(self.config.layout, tuple(padded_hw), str(device))
+
+
+@lru_cache(maxsize=64)
+def _anchors(layout: AnchorLayout, padded_hw: tuple[int, int], device: str) -> tuple[Tensor, list[int]]:
+    return layout.anchors(padded_hw, device), layout.num_per_level(padded_hw)
