@@ -44,9 +44,7 @@ def candidates(anchors: Tensor, targets: Targets, params: PAAParams) -> Tensor:
     its highest IoU (a later GT overrides an earlier one). A GT that overlaps no anchor
     at all gets no candidate (the reference would hand it every anchor).
     """
-    n, m = targets.labels.shape
-    if m == 0:
-        return torch.full((n, anchors.shape[0]), -1, dtype=torch.int64, device=anchors.device)
+    m = targets.labels.shape[1]
     iou = pairwise_iou(targets.boxes.float(), anchors)  # (N, M, A)
     iou = torch.where(targets.valid[..., None], iou, -1.0)
     best_iou, best_gt = iou.max(dim=1)
@@ -105,16 +103,15 @@ def assign_from_costs(
     n, a = cand.shape
     m = targets.labels.shape[1]
     matched = torch.full((n, a), BACKGROUND, dtype=torch.int64, device=cand.device)
-    if m:
-        costs, idx = pooled_topk(cost, cand, num_per_level, m, params.topk)
-        valid = torch.isfinite(costs)
-        flat_costs, flat_valid = costs.reshape(n * m, -1), valid.reshape(n * m, -1)
-        mixture = fit_two_gaussians(flat_costs, flat_valid, params.tol, params.max_iter, params.reg_covar)
-        positive = split_low_component(flat_costs, flat_valid, mixture).reshape(n, m, -1)
-        positive &= (valid.sum(-1) >= 2)[..., None]
-        gt_of_slot = torch.arange(m, device=cand.device)[None, :, None].expand_as(idx)
-        image = torch.arange(n, device=cand.device)[:, None, None].expand_as(idx)
-        matched[image[positive], idx[positive]] = gt_of_slot[positive]
+    costs, idx = pooled_topk(cost, cand, num_per_level, m, params.topk)
+    valid = torch.isfinite(costs)
+    flat_costs, flat_valid = costs.reshape(n * m, -1), valid.reshape(n * m, -1)
+    mixture = fit_two_gaussians(flat_costs, flat_valid, params.tol, params.max_iter, params.reg_covar)
+    positive = split_low_component(flat_costs, flat_valid, mixture).reshape(n, m, -1)
+    positive &= (valid.sum(-1) >= 2)[..., None]
+    gt_of_slot = torch.arange(m, device=cand.device)[None, :, None].expand_as(idx)
+    image = torch.arange(n, device=cand.device)[:, None, None].expand_as(idx)
+    matched[image[positive], idx[positive]] = gt_of_slot[positive]
     return mark_crowd_ignored(matched, anchors, targets, params)
 
 
@@ -142,6 +139,9 @@ def paa_assign(
     never flow through it.
     """
     with torch.no_grad():
+        if targets.labels.shape[1] == 0:
+            background = torch.full(cls_logits.shape[:2], BACKGROUND, dtype=torch.int64, device=cls_logits.device)
+            return mark_crowd_ignored(background, anchors, targets, params)
         cand = candidates(anchors, targets, params)
         cost = candidate_costs(anchors, cls_logits, box_deltas, cand, targets, params)
         return assign_from_costs(cost, cand, num_per_level, targets, params, anchors)

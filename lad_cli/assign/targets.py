@@ -22,7 +22,8 @@ class Targets:
     @staticmethod
     def from_lists(boxes: list[Tensor], labels: list[Tensor], crowd: list[Tensor]) -> "Targets":
         n = len(boxes)
-        m = max((len(b) for b in boxes), default=0)
+        # At least one (invalid) slot, so that gathers by GT index work on GT-less batches.
+        m = max([1] + [len(b) for b in boxes])
         k = max((len(c) for c in crowd), default=0)
         out = Targets(
             boxes=torch.zeros(n, m, 4),

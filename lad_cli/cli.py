@@ -1,0 +1,136 @@
+"""The `lad` command line: parses options and calls the library, nothing else."""
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import LadError, one_line
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Label Assignment Distillation for PAA object detectors.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: write the embedded synthetic dataset.")
+app.add_typer(data_app, name="data", help="Datasets: write the embedded synthetic dataset.")
+
+
+def user_errors(fn):
+    """A LadError becomes one line on stderr and exit code 2, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LadError as exc:
+            typer.echo(f"error: {one_line(exc)}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def emit_json(obj: dict, path: Optional[Path] = None) -> None:
+    text = json.dumps(obj, indent=2)
+    if path is None or str(path) == "-":
+        sys.stdout.write(text + "\n")
+        return
+    try:
+        Path(path).write_text(text + "\n")
+    except OSError as exc:
+        raise LadError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+# Options shared by the training commands.
+Data = Annotated[Optional[Path], typer.Option(help="Dataset folder: DIR/annotations/{split}.json + DIR/images/{split}/, or COCO 2017's layout.")]
+Ann = Annotated[Optional[Path], typer.Option(help="Annotation file, with --images, instead of --data.")]
+Images = Annotated[Optional[Path], typer.Option(help="Image folder for --ann.")]
+Arch = Annotated[str, typer.Option(help="Backbone: resnet18, resnet34, resnet50 or resnet101.")]
+Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option("--batch", min=1, help="Images per iteration.")]
+Out = Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+Seed = Annotated[int, typer.Option(help="Seed of the weights' init and of the batch/view plan.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out (its config.json wins).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
+Lr = Annotated[Optional[float], typer.Option(help="Base learning rate [default: 0.01 x batch / 16].")]
+Workers = Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")]
+Size = Annotated[int, typer.Option(min=32, help="Shorter image side after resizing.")]
+MaxSize = Annotated[int, typer.Option(min=32, help="Cap on the longer side after resizing.")]
+Width = Annotated[int, typer.Option(min=8, help="FPN and head channels (256 = paper).")]
+HeadDepth = Annotated[int, typer.Option(min=1, help="Convs per head tower (4 = paper).")]
+Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: a torchvision ResNet state-dict file, or 'imagenet' (torchvision's cache).")]
+Warmup = Annotated[int, typer.Option(min=0, help="Linear warm-up iterations.")]
+LrSteps = Annotated[Optional[str], typer.Option(help="Epochs at which lr x0.1, e.g. 8,11 [default: 8/12 and 11/12 of the run].")]
+Views = Annotated[str, typer.Option(help="Training views, e.g. orig,flip (random flip) or orig,flip,orig@640,flip@640.")]
+LogEvery = Annotated[int, typer.Option(min=1, help="Log to metrics.jsonl every N iterations.")]
+SaveEvery = Annotated[int, typer.Option(min=0, help="Also save last.pt every N iterations (0: at epoch ends).")]
+Clip = Annotated[float, typer.Option(help="Gradient clipping max norm.")]
+BoxWeighting = Annotated[Optional[str], typer.Option(help="GIoU loss weighting: iou (PAA) or mean (reference LAD head) [default: iou for own assignments, mean for LAD].")]
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
+    train: Annotated[int, typer.Option(min=1, help="Training images.")] = 800,
+    val: Annotated[int, typer.Option(min=1, help="Validation images.")] = 200,
+    seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write the embedded synthetic dataset (COCO format, deterministic)."""
+    from .data.make import synthesize
+
+    emit_json(synthesize(out, train, val, seed, overwrite))
+
+
+@app.command("teacher-train")
+@user_errors
+def teacher_train(
+    out: Out, data: Data = None, ann: Ann = None, images: Images = None, arch: Arch = "resnet50",
+    epochs: Epochs = 12, batch: BatchSize = 16, lr: Lr = None, device: Device = "auto", seed: Seed = 0,
+    resume: Resume = False, overwrite: Overwrite = False, workers: Workers = 0, size: Size = 800,
+    max_size: MaxSize = 1333, width: Width = 256, head_depth: HeadDepth = 4, weights: Weights = None,
+    warmup: Warmup = 500, lr_steps: LrSteps = None, views: Views = "orig,flip", log_every: LogEvery = 20,
+    save_every: SaveEvery = 0, clip: Clip = 35.0, box_weighting: BoxWeighting = None,
+) -> None:
+    """Train a PAA detector on its own assignments (a teacher, or a baseline)."""
+    from .train.config import TrainConfig
+    from .train.loop import train
+
+    cfg = TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()
+                         if k not in ("resume", "overwrite", "train", "TrainConfig")})
+    emit_json(train(cfg, resume=resume, overwrite=overwrite))
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="A lad checkpoint (last.pt, best.pt).")],
+    data: Data = None, split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    ann: Ann = None, images: Images = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON to this file (- for stdout).")] = None,
+    detections: Annotated[Optional[Path], typer.Option(help="Write the detections as a COCO results json.")] = None,
+    batch: BatchSize = 8, device: Device = "auto", workers: Workers = 0,
+) -> None:
+    """COCO metrics (pycocotools) of a checkpoint on a split."""
+    from .evaluate import run_eval
+
+    metrics, table = run_eval(checkpoint, data, split, ann, images, detections, batch, device, workers)
+    if json_out is not None:
+        emit_json(metrics, json_out)
+    if json_out is None or str(json_out) != "-":
+        typer.echo(table)
+
+
+@app.command("demo")
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the dataset and the runs.")] = Path("lad-demo"),
+    overwrite: Overwrite = False,
+) -> None:
+    """The whole story on the embedded dataset, on the CPU in minutes."""
+    from .demo import run_demo
+
+    typer.echo(run_demo(out, overwrite))
+
+
+def main() -> None:
+    app()

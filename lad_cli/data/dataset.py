@@ -1,0 +1,119 @@
+"""(image, view) -> tensors, and batches of one padded shape."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image
+
+from ..assign.targets import Targets
+from ..errors import LadError
+from .coco import CocoSplit
+from .views import View, apply_view, padded_hw, resized_hw
+
+
+@dataclass
+class Sample:
+    image: Tensor  # (3, h, w) float32, normalised, unpadded
+    boxes: Tensor  # (M, 4) in view pixels
+    labels: Tensor  # (M,)
+    crowd: Tensor  # (K, 4)
+    index: int  # position in the split
+    view_id: int
+    matched_idxs: Tensor | None = None  # (A,) int64 when read from a cache
+
+
+@dataclass
+class Batch:
+    """N samples of one padded shape: images (N, 3, H, W); indices, view_ids (N,) int64;
+    image_hw: each image's unpadded size; matched_idxs (N, A) when cached."""
+
+    images: Tensor
+    targets: Targets
+    indices: Tensor
+    view_ids: Tensor
+    image_hw: list[tuple[int, int]]
+    matched_idxs: Tensor | None = None
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.images.pin_memory(), Targets(*(t.pin_memory() for t in self.targets.__dict__.values())),
+                     self.indices, self.view_ids, self.image_hw,
+                     None if self.matched_idxs is None else self.matched_idxs.pin_memory())
+
+    def to(self, device: torch.device) -> "Batch":
+        nb = device.type == "cuda"
+        return Batch(self.images.to(device, non_blocking=nb), self.targets.to(device, nb), self.indices, self.view_ids,
+                     self.image_hw, None if self.matched_idxs is None else self.matched_idxs.to(device, non_blocking=nb))
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Indexed by (image index, view id)."""
+
+    def __init__(self, split: CocoSplit, views: list[View], size_divisor: int):
+        self.split = split
+        self.views = views
+        self.size_divisor = size_divisor
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def padded_shape(self, index: int, view_id: int) -> tuple[int, int]:
+        rec = self.split.images[index]
+        return padded_hw(*resized_hw(rec.height, rec.width, self.views[view_id]), self.size_divisor)
+
+    def shapes(self) -> list[list[tuple[int, int]]]:
+        """Padded shape of every (image, view), from the annotation sizes alone."""
+        return [[self.padded_shape(i, v) for v in range(len(self.views))] for i in range(len(self))]
+
+    def read_image(self, index: int) -> Tensor:
+        rec = self.split.images[index]
+        try:
+            image = decode_image(str(rec.path), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError, OSError):
+            raise LadError(f"{rec.path}: unreadable image (image id {rec.id})") from None
+        if tuple(image.shape[-2:]) != (rec.height, rec.width):
+            raise LadError(f"{rec.path}: image is {image.shape[-1]}x{image.shape[-2]} but "
+                           f"{self.split.ann_file.name} says {rec.width}x{rec.height} (image id {rec.id})")
+        return image
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        index, view_id = key
+        rec = self.split.images[index]
+        image, boxes, crowd = apply_view(self.read_image(index), rec.boxes, rec.crowd, self.views[view_id])
+        return Sample(image, boxes, torch.from_numpy(rec.labels), crowd, index, view_id)
+
+
+def collate(samples: list[Sample], size_divisor: int) -> Batch:
+    h = max(s.image.shape[1] for s in samples)
+    w = max(s.image.shape[2] for s in samples)
+    ph, pw = padded_hw(h, w, size_divisor)
+    images = torch.zeros(len(samples), 3, ph, pw)
+    for i, s in enumerate(samples):
+        images[i, :, : s.image.shape[1], : s.image.shape[2]] = s.image
+    cached = [s.matched_idxs for s in samples]
+    return Batch(
+        images=images,
+        targets=Targets.from_lists([s.boxes for s in samples], [s.labels for s in samples], [s.crowd for s in samples]),
+        indices=torch.tensor([s.index for s in samples]),
+        view_ids=torch.tensor([s.view_id for s in samples]),
+        image_hw=[tuple(s.image.shape[1:]) for s in samples],
+        matched_idxs=None if cached[0] is None else torch.stack(cached),
+    )
+
+
+class Collate:
+    """Picklable collate_fn for worker processes."""
+
+    def __init__(self, size_divisor: int):
+        self.size_divisor = size_divisor
+
+    def __call__(self, samples: list[Sample]) -> Batch:
+        return collate(samples, self.size_divisor)
+
+
+def image_sizes(split: CocoSplit) -> np.ndarray:
+    return np.array([(r.height, r.width) for r in split.images], dtype=np.int64).reshape(-1, 2)

@@ -1,0 +1,123 @@
+"""Inference over a split and COCO metrics through pycocotools."""
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from .data.coco import CocoSplit, load_split, locate_split
+from .data.dataset import Collate, DetectionDataset
+from .data.sampler import ViewBatchSampler
+from .data.views import View, to_original
+from .model.detector import PAADetector
+from .model.inference import InferenceParams, postprocess
+from .errors import LadError
+from .progress import progress_bar
+from .runtime import autocast, resolve_device
+from .train.checkpoint import build_detector, load_checkpoint
+
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@torch.no_grad()
+def predict(model: PAADetector, split: CocoSplit, view: View, batch_size: int, device: torch.device,
+            workers: int = 0, on_batch=None, params: InferenceParams = InferenceParams()) -> list[dict]:
+    """COCO-format detections (original image pixels, dataset category ids) for every image."""
+    divisor = model.config.layout.size_divisor
+    dataset = DetectionDataset(split, [view], divisor)
+    sampler = ViewBatchSampler(dataset.shapes(), batch_size, seed=0, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(divisor),
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for batch in loader:
+            batch = batch.to(device)
+            with autocast(device):
+                pred = model(batch.images)
+            anchors, counts = model.anchors(batch.padded_hw, device)
+            for det, index in zip(postprocess(pred, anchors, counts, batch.image_hw, params), batch.indices.tolist()):
+                rec = split.images[index]
+                boxes = to_original(det.boxes.float().cpu(), rec.height, rec.width, view)
+                for box, score, label in zip(boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+                    results.append({"image_id": rec.id, "category_id": split.category_id(label),
+                                    "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
+                                    "score": round(score, 5)})
+            if on_batch:
+                on_batch(len(batch.indices))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def coco_metrics(split: CocoSplit, results: list[dict]) -> dict:
+    """AP, AP50, AP75, APs, APm, APl as fractions (None where the split has no GT of that
+    size, pycocotools' -1), and per_class: {category name: AP}."""
+    names = {c["id"]: c["name"] for c in split.categories}
+    if not results:  # pycocotools' loadRes cannot take an empty list
+        return {**{k: 0.0 for k in METRIC_KEYS}, "per_class": {n: 0.0 for n in names.values()}}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress on stdout
+        gt = COCO()
+        gt.dataset = _ground_truth(split)
+        gt.createIndex()
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    metrics = {k: (None if v < 0 else float(v)) for k, v in zip(METRIC_KEYS, ev.stats[:6])}
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # IoU x recall x class, area all, 100 dets
+    per_class = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k]
+        per_class[names[cat_id]] = float(p[p > -1].mean()) if (p > -1).any() else None
+    metrics["per_class"] = per_class
+    return metrics
+
+
+def _ground_truth(split: CocoSplit) -> dict:
+    """The annotation file as pycocotools needs it: area and iscrowd filled in where absent."""
+    doc = json.loads(split.ann_file.read_bytes())
+    for ann in doc.get("annotations", []):
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    doc.setdefault("annotations", [])
+    return doc
+
+
+def format_table(metrics: dict) -> str:
+    """The six numbers and the per-class table, as fixed-width text."""
+    head = "  ".join(f"{k:>6}" for k in METRIC_KEYS)
+    vals = "  ".join(f"{'-':>6}" if metrics[k] is None else f"{metrics[k]:6.3f}" for k in METRIC_KEYS)
+    width = max([5] + [len(n) for n in metrics["per_class"]])
+    rows = [f"{n:<{width}}  {'-' if ap is None else f'{ap:.3f}'}" for n, ap in metrics["per_class"].items()]
+    return "\n".join([head, vals, "", f"{'class':<{width}}  AP", *rows])
+
+
+
+def run_eval(checkpoint: Path, data: Path | None, split: str, ann: Path | None, images: Path | None,
+             detections: Path | None, batch: int, device_name: str, workers: int) -> tuple[dict, str]:
+    """`lad eval`: metrics dict and the printable table of a checkpoint on a split."""
+    device = resolve_device(device_name)
+    ckpt = load_checkpoint(checkpoint)
+    model = build_detector(ckpt, checkpoint).to(device)
+    coco = load_split(*locate_split(data, split, ann, images))
+    if [c["id"] for c in coco.categories] != [c["id"] for c in ckpt["categories"]]:
+        raise LadError(f"{checkpoint}: trained on category ids {[c['id'] for c in ckpt['categories']]}, "
+                       f"but {coco.ann_file} has {[c['id'] for c in coco.categories]}")
+    view = View("orig", ckpt["size"], ckpt["max_size"], False)
+    with progress_bar() as bar:
+        task = bar.add_task(f"eval {split}", total=len(coco.images), info="")
+        results = predict(model, coco, view, batch, device, workers, on_batch=lambda n: bar.advance(task, n))
+    if detections is not None:
+        try:
+            Path(detections).write_text(json.dumps(results))
+        except OSError as exc:
+            raise LadError(f"{detections}: cannot write ({exc.strerror})") from None
+    metrics = coco_metrics(coco, results)
+    return metrics, format_table(metrics)

@@ -1,0 +1,13 @@
+"""Rich progress bars on stderr, shared by every long command."""
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .runtime import console
+
+
+def progress_bar() -> Progress:
+    """description | bar | done/total | info field | elapsed < remaining."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )

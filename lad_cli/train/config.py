@@ -1,0 +1,57 @@
+"""The resolved configuration of a training run (RUN/config.json)."""
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    data: str | None = None
+    ann: str | None = None
+    images: str | None = None
+    split: str = "train"
+    val_split: str = "val"
+    arch: str = "resnet50"
+    weights: str | None = None
+    width: int = 256
+    head_depth: int = 4
+    size: int = 800
+    max_size: int = 1333
+    views: str = "orig,flip"
+    epochs: int = 12
+    batch: int = 16
+    lr: float | None = None  # None: 0.01 x batch / 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup: int = 500
+    lr_steps: str | None = None  # epochs at which lr x0.1; None: 8/12 and 11/12 of the run
+    clip: float = 35.0
+    box_weighting: str | None = None  # None: "iou" for own assignments, "mean" for LAD
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    log_every: int = 20
+    save_every: int = 0  # also save last.pt every N iterations (0: at epoch ends only)
+    eval_every: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else 0.01 * self.batch / 16
+
+    def decay_epochs(self) -> list[int]:
+        if self.lr_steps is not None:
+            return [int(s) for s in self.lr_steps.split(",") if s.strip()]
+        return [round(self.epochs * 8 / 12), round(self.epochs * 11 / 12)]
+
+    def lr_at(self, iteration: int, epoch: int) -> float:
+        """Linear warm-up from 0.001 x lr over `warmup` iterations, then x0.1 at each decay epoch."""
+        lr = self.base_lr() * 0.1 ** sum(epoch >= e for e in self.decay_epochs())
+        if iteration < self.warmup:
+            lr *= 0.001 + (1 - 0.001) * iteration / self.warmup
+        return lr

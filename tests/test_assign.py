@@ -1,0 +1,162 @@
+"""paa_assign and the batched mixture fit against sklearn and the per-GT reference loop."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from benchmarks.reference_paa import reference_assign
+from lad_cli.assign.gmm import fit_two_gaussians, split_low_component
+from lad_cli.assign.paa import BACKGROUND, IGNORE, PAAParams, candidates, paa_assign
+from lad_cli.assign.targets import Targets
+from lad_cli.model.anchors import AnchorLayout
+
+warnings.filterwarnings("ignore", category=ConvergenceWarning)
+
+
+def sklearn_fit(x: np.ndarray):
+    gmm = GaussianMixture(2, weights_init=np.array([0.5, 0.5]), means_init=np.array([x.min(), x.max()]).reshape(2, 1),
+                          precisions_init=np.ones((2, 1)), covariance_type="diag")
+    gmm.fit(x.reshape(-1, 1))
+    low = gmm.predict(x.reshape(-1, 1)) == 0
+    positive = np.zeros(len(x), bool)
+    if low.any():
+        positive[np.nonzero(low)[0][: int(np.argmax(gmm.score_samples(x.reshape(-1, 1))[low])) + 1]] = True
+    return gmm, positive
+
+
+def random_costs(rng, rows, k=45):
+    costs = np.full((rows, k), np.inf, np.float32)
+    for r in range(rows):
+        n = int(rng.integers(5, k + 1))
+        x = [rng.gamma(2.0, 0.5, n), np.r_[rng.normal(0.4, 0.1, n // 3), rng.normal(2.0, 0.5, n - n // 3)],
+             rng.uniform(0, 3, n)][r % 3]
+        costs[r, :n] = np.sort(x.astype(np.float32))
+    return costs
+
+
+def test_mixture_matches_sklearn():
+    rng = np.random.default_rng(0)
+    costs = random_costs(rng, 300)
+    valid = np.isfinite(costs)
+    mix = fit_two_gaussians(torch.from_numpy(costs), torch.from_numpy(valid))
+    ours = split_low_component(torch.from_numpy(costs), torch.from_numpy(valid), mix).numpy()
+    for r in range(len(costs)):
+        x = costs[r, valid[r]]
+        gmm, positive = sklearn_fit(x)
+        np.testing.assert_allclose(mix.weights[r].numpy(), gmm.weights_, rtol=1e-3)
+        np.testing.assert_allclose(mix.means[r].numpy(), gmm.means_[:, 0], rtol=1e-3)
+        np.testing.assert_allclose(mix.variances[r].numpy(), gmm.covariances_[:, 0], rtol=1e-3)
+        assert int(mix.iterations[r]) == gmm.n_iter_
+        np.testing.assert_array_equal(ours[r, : len(x)], positive)
+
+
+def test_mixture_is_defined_where_sklearn_fails():
+    # Near-equal costs: float32 rounding drives a variance negative and sklearn raises
+    # "ill-defined empirical covariance" (the reference's known crash on small data).
+    x = np.array([1, 1, 1, 1, 1, 1.0001], np.float32) * 1e3
+    with pytest.raises(ValueError):
+        sklearn_fit(x)
+    costs = torch.from_numpy(x)[None]
+    mix = fit_two_gaussians(costs, torch.ones_like(costs, dtype=torch.bool))
+    assert torch.isfinite(mix.means).all() and (mix.variances > 0).all()
+    assert split_low_component(costs, torch.ones_like(costs, dtype=torch.bool), mix).any()
+
+
+def hand_targets(boxes, labels=None):
+    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(1, -1, 4)
+    m = boxes.shape[1]
+    labels = torch.zeros(1, m, dtype=torch.int64) if labels is None else torch.tensor([labels])
+    return Targets(boxes, labels, torch.ones(1, m, dtype=torch.bool), torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool))
+
+
+def test_candidates_hand_written_matrix_with_ties():
+    anchors = torch.tensor([[0, 0, 10, 10], [5, 0, 15, 10], [20, 0, 30, 10], [100, 100, 110, 110],
+                            [38, 38, 48, 48], [40, 40, 50, 50]], dtype=torch.float32)
+    gts = hand_targets([[0, 0, 10, 10], [20, 0, 30, 10], [0, 0, 10, 10], [40, 40, 42, 42]])
+    # IoU rows (GT x anchor):  a0    a1    a2  a3  a4    a5
+    #   GT0                    1    1/3    0   0   0     0
+    #   GT1                    0     0     1   0   0     0
+    #   GT2 (= GT0)            1    1/3    0   0   0     0
+    #   GT3 (4 px^2)           0     0     0   0  .04   .04
+    # a0 is the best anchor of GT0 and GT2: the later GT wins. a1 ties GT0/GT2 at 1/3 >= 0.1:
+    # max-IoU matching keeps the first. GT3 is below 0.1 everywhere but takes both anchors
+    # tied at its best IoU. a3 overlaps nothing.
+    assert candidates(anchors, gts, PAAParams()).tolist() == [[2, 0, 1, -1, 3, 3]]
+
+
+def random_batch(seed, n, max_gts, hw=(256, 256), num_classes=5):
+    g = torch.Generator().manual_seed(seed)
+    layout = AnchorLayout()
+    anchors, counts = layout.anchors(hw), layout.num_per_level(hw)
+    boxes, labels = [], []
+    for _ in range(n):
+        m = int(torch.randint(0, max_gts + 1, (1,), generator=g))
+        xy = torch.rand(m, 2, generator=g) * 200
+        wh = 8 + torch.rand(m, 2, generator=g) * 120
+        boxes.append(torch.cat([xy, (xy + wh).clamp(max=255)], 1))
+        labels.append(torch.randint(0, num_classes, (m,), generator=g))
+    targets = Targets.from_lists(boxes, labels, [torch.zeros(0, 4)] * n)
+    cls = torch.randn(n, anchors.shape[0], num_classes, generator=g) - 2
+    deltas = torch.randn(n, anchors.shape[0], 4, generator=g) * 0.5
+    return anchors, counts, cls, deltas, targets
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paa_assign_matches_per_gt_sklearn_reference(seed):
+    anchors, counts, cls, deltas, targets = random_batch(seed, n=4, max_gts=8)
+    matched = paa_assign(anchors, counts, cls, deltas, targets)
+    assert matched.dtype == torch.int64 and matched.shape == (4, anchors.shape[0])
+    assert (matched >= 0).any()
+    for i in range(4):
+        m = int(targets.valid[i].sum())
+        ref = reference_assign(anchors, counts, cls[i], deltas[i], targets.boxes[i, :m], targets.labels[i, :m])
+        assert torch.equal(matched[i], ref)
+
+
+def test_batched_equals_one_image_at_a_time():
+    anchors, counts, cls, deltas, targets = random_batch(7, n=3, max_gts=6)
+    batched = paa_assign(anchors, counts, cls, deltas, targets)
+    for i in range(3):
+        alone = paa_assign(anchors, counts, cls[i:i + 1], deltas[i:i + 1], targets.select(slice(i, i + 1)))
+        assert torch.equal(batched[i:i + 1], alone)
+
+
+def test_hundred_gts_in_one_image():
+    anchors, counts, cls, deltas, _ = random_batch(1, n=1, max_gts=0)
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(100, 2, generator=g) * 220
+    boxes = torch.cat([xy, xy + 8 + torch.rand(100, 2, generator=g) * 30], 1).clamp(max=255)
+    labels = torch.randint(0, 5, (100,), generator=g)
+    targets = Targets.from_lists([boxes], [labels], [torch.zeros(0, 4)])
+    matched = paa_assign(anchors, counts, cls, deltas, targets)
+    assert torch.equal(matched[0], reference_assign(anchors, counts, cls[0], deltas[0], boxes, labels))
+    assert len(matched[matched >= 0].unique()) > 50
+
+
+def test_no_gt_gives_all_background():
+    anchors, counts, cls, deltas, _ = random_batch(0, n=2, max_gts=0)
+    empty = Targets.from_lists([torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.int64)] * 2, [torch.zeros(0, 4)] * 2)
+    assert (paa_assign(anchors, counts, cls, deltas, empty) == BACKGROUND).all()
+
+
+def test_one_candidate_no_candidate_and_equal_costs():
+    # Level 0: three anchors. GT0 overlaps only a0 (one candidate: no mixture, no positive);
+    # GT1 overlaps nothing; GT2 has five identical anchors (a3..a7): equal costs.
+    anchors = torch.tensor([[0, 0, 10, 10], [50, 50, 60, 60], [80, 0, 90, 10]] + [[20, 20, 40, 40]] * 5, dtype=torch.float32)
+    targets = hand_targets([[0, 0, 9, 9], [200, 200, 210, 210], [21, 21, 39, 39]], [0, 1, 2])
+    cls = torch.zeros(1, 8, 3)
+    deltas = torch.zeros(1, 8, 4)
+    matched = paa_assign(anchors, [8], cls, deltas, targets)
+    # Equal costs: one component takes everything; the first of the tied best is the cut.
+    assert matched.tolist() == [[-1, -1, -1, 2, -1, -1, -1, -1]]
+
+
+def test_crowd_regions_ignore_their_background_anchors():
+    anchors = torch.tensor([[0, 0, 10, 10], [5, 0, 15, 10], [40, 40, 50, 50], [60, 60, 70, 70]], dtype=torch.float32)
+    targets = Targets(torch.tensor([[[0.0, 0, 10, 10]]]), torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1, dtype=torch.bool),
+                      torch.tensor([[[38.0, 38, 52, 52]]]), torch.ones(1, 1, dtype=torch.bool))
+    matched = paa_assign(anchors, [4], torch.zeros(1, 4, 2), torch.zeros(1, 4, 4), targets)
+    assert matched[0, 2] == IGNORE and matched[0, 3] == BACKGROUND and (matched[0, :2] >= 0).any()
