@@ -42,6 +42,8 @@ def emit_json(obj: dict, path: Optional[Path] = None) -> None:
 Data = Annotated[Optional[Path], typer.Option(help="Dataset folder: DIR/annotations/{split}.json + DIR/images/{split}/, or COCO 2017's layout.")]
 Ann = Annotated[Optional[Path], typer.Option(help="Annotation file, with --images, instead of --data.")]
 Images = Annotated[Optional[Path], typer.Option(help="Image folder for --ann.")]
+Split = Annotated[str, typer.Option(help="Split to train on.")]
+ValSplit = Annotated[str, typer.Option(help="Split to validate on after each epoch ('' for none).")]
 Arch = Annotated[str, typer.Option(help="Backbone: resnet18, resnet34, resnet50 or resnet101.")]
 Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option("--batch", min=1, help="Images per iteration.")]
@@ -84,7 +86,8 @@ def data_synth(
 @app.command("teacher-train")
 @user_errors
 def teacher_train(
-    out: Out, data: Data = None, ann: Ann = None, images: Images = None, arch: Arch = "resnet50",
+    out: Out, data: Data = None, ann: Ann = None, images: Images = None, split: Split = "train",
+    val_split: ValSplit = "val", arch: Arch = "resnet50",
     epochs: Epochs = 12, batch: BatchSize = 16, lr: Lr = None, device: Device = "auto", seed: Seed = 0,
     resume: Resume = False, overwrite: Overwrite = False, workers: Workers = 0, size: Size = 800,
     max_size: MaxSize = 1333, width: Width = 256, head_depth: HeadDepth = 4, weights: Weights = None,

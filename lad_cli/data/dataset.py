@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image, UnidentifiedImageError
 
 from ..assign.targets import Targets
 from ..errors import LadError
@@ -72,8 +72,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     def read_image(self, index: int) -> Tensor:
         rec = self.split.images[index]
         try:
-            image = decode_image(str(rec.path), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError, OSError):
+            with Image.open(rec.path) as im:
+                image = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        except (UnidentifiedImageError, OSError, ValueError):
             raise LadError(f"{rec.path}: unreadable image (image id {rec.id})") from None
         if tuple(image.shape[-2:]) != (rec.height, rec.width):
             raise LadError(f"{rec.path}: image is {image.shape[-1]}x{image.shape[-2]} but "
