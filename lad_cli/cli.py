@@ -13,6 +13,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Label Assignment Distillation for PAA object detectors.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: write the embedded synthetic dataset.")
 app.add_typer(data_app, name="data", help="Datasets: write the embedded synthetic dataset.")
+cache_app = typer.Typer(no_args_is_help=True, help="Assignment caches: inspect and verify.")
+app.add_typer(cache_app, name="cache", help="Assignment caches: inspect (info) and check (verify).")
 
 
 def user_errors(fn):
@@ -101,6 +103,91 @@ def teacher_train(
     cfg = TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()
                          if k not in ("resume", "overwrite", "train", "TrainConfig")})
     emit_json(train(cfg, resume=resume, overwrite=overwrite))
+
+
+@app.command("student-train")
+@user_errors
+def student_train(
+    out: Out, data: Data = None, ann: Ann = None, images: Images = None, split: Split = "train",
+    val_split: ValSplit = "val", arch: Arch = "resnet50",
+    cache: Annotated[Optional[Path], typer.Option(help="Cached LAD: assignments from this `lad assign --cache` store.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Online LAD: this teacher checkpoint assigns every iteration.")] = None,
+    colearn: Annotated[bool, typer.Option("--colearn", help="Co-learning LAD with a peer network trained alongside.")] = False,
+    peer_arch: Annotated[Optional[str], typer.Option(help="Co-learning peer backbone [default: --arch].")] = None,
+    peer_init: Annotated[Optional[Path], typer.Option(help="Start the co-learning peer from this checkpoint.")] = None,
+    switch: Annotated[str, typer.Option(help="Co-learning switch: gt-level (released code) or iteration (paper).")] = "gt-level",
+    soft_label_weight: Annotated[Optional[float], typer.Option(help="Add soft-label distillation with this class-KL weight (needs --teacher).")] = None,
+    soft_label_gamma: Annotated[float, typer.Option(help="Focal exponent of the soft-label KL.")] = 0.5,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Train on the finished entries of an incomplete cache.")] = False,
+    epochs: Epochs = 12, batch: BatchSize = 16, lr: Lr = None, device: Device = "auto", seed: Seed = 0,
+    resume: Resume = False, overwrite: Overwrite = False, workers: Workers = 0,
+    size: Annotated[Optional[int], typer.Option(min=32, help="Shorter side [default: the teacher's or cache's].")] = None,
+    max_size: Annotated[Optional[int], typer.Option(min=32, help="Longer-side cap [default: the teacher's or cache's].")] = None,
+    width: Width = 256, head_depth: HeadDepth = 4, weights: Weights = None, warmup: Warmup = 500,
+    lr_steps: LrSteps = None,
+    views: Annotated[Optional[str], typer.Option(help="Training views [default: the cache's, else orig,flip].")] = None,
+    log_every: LogEvery = 20, save_every: SaveEvery = 0, clip: Clip = 35.0, box_weighting: BoxWeighting = None,
+) -> None:
+    """Train a student on assignments from a cache, an online teacher, a co-learning peer, or itself."""
+    from .train.config import TrainConfig
+    from .train.loop import train
+    from .train.student import resolve_student_inputs
+
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()
+               if k not in ("resume", "overwrite", "train", "TrainConfig", "resolve_student_inputs")}
+    cfg = TrainConfig(**resolve_student_inputs(options, resume))
+    emit_json(train(cfg, resume=resume, overwrite=overwrite))
+
+
+@app.command("assign")
+@user_errors
+def assign(
+    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint.")],
+    data: Data = None, split: Annotated[str, typer.Option(help="Split to assign.")] = "train",
+    ann: Ann = None, images: Images = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", "--out", help="Write the assignments to this zarr store.")] = None,
+    views: Annotated[str, typer.Option(help="Views to assign, at the teacher's training size: e.g. orig,flip.")] = "orig,flip",
+    batch: BatchSize = 8, device: Device = "auto", workers: Workers = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted cache, skipping finished shards.")] = False,
+    overwrite: Overwrite = False,
+    shard_entries: Annotated[int, typer.Option(min=1, help="Entries per shard file (and per resume step).")] = 4096,
+) -> None:
+    """Run a teacher over a split: store its assignments (--cache) or print their statistics."""
+    from .assign.offline import run_assign
+
+    emit_json(run_assign(teacher, data, split, ann, images, cache, views, batch, device, workers, resume, overwrite, shard_entries))
+
+
+@cache_app.command("info")
+@user_errors
+def cache_info(
+    path: Annotated[Path, typer.Argument(help="A cache written by lad assign --cache.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Entries, completeness, size on disk, provenance and the digest of a cache."""
+    from .cache import AssignmentCache, cache_info as info
+    from .model.anchors import AnchorLayout
+
+    store = AssignmentCache.open(path)
+    result = info(store, AnchorLayout.from_dict(store.provenance.anchor_layout))
+    if json_out:
+        emit_json(result)
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>20}: {value}")
+
+
+@cache_app.command("verify")
+@user_errors
+def cache_verify(
+    path: Annotated[Path, typer.Argument(help="A cache written by lad assign --cache.")],
+    data: Data = None, split: Annotated[str, typer.Option(help="Split the cache was made for.")] = "train",
+    ann: Ann = None, images: Images = None,
+) -> None:
+    """Check a cache against its dataset: complete, shapes, GT indices, checksums, provenance."""
+    from .assign.offline import verify_store
+
+    typer.echo(verify_store(path, data, split, ann, images))
 
 
 @app.command("eval")

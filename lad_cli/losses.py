@@ -11,7 +11,7 @@ from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from .assign.targets import Targets
-from .boxes import aligned_iou
+from .boxes import aligned_iou, pairwise_iou
 from .model import coder
 
 BOX_WEIGHTINGS = ("iou", "mean")
@@ -67,3 +67,50 @@ def detection_loss(
         iou_logits[positive].float(), iou_target, reduction="sum"
     ) / num_pos.clamp(min=1.0)
     return {"loss_cls": cls_loss, "loss_box": weights.box * box_loss, "loss_iou": weights.iou * iou_loss}
+
+
+@dataclass(frozen=True)
+class SoftLabelWeights:
+    """Soft-label distillation (METHOD.md section 4): class KL weight, IoU-branch KL weight,
+    GIoU-to-teacher weight, focal exponent, teacher-box IoU threshold for the box terms."""
+
+    cls: float = 2.0
+    iou: float = 10.0
+    box: float = 1.3
+    gamma: float = 0.5
+    box_iou_threshold: float = 0.5
+
+
+def binary_kl_with_logits(student: Tensor, teacher: Tensor) -> Tensor:
+    """Elementwise KL(Bernoulli(sigmoid(teacher)) || Bernoulli(sigmoid(student)))."""
+    p_t = teacher.sigmoid()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    return bce(student, p_t, reduction="none") - bce(teacher, p_t, reduction="none")
+
+
+def soft_label_loss(student, teacher, anchors: Tensor, targets: Targets, weights: SoftLabelWeights,
+                    num_pos: Tensor) -> dict[str, Tensor]:
+    """loss_kd_cls (every anchor, focal-weighted binary KL per class), loss_kd_iou and
+    loss_kd_box (on anchors whose teacher box overlaps a GT above the threshold, weighted by
+    that IoU). student, teacher: Predictions with cls_logits (N, A, C), box_deltas (N, A, 4),
+    iou_logits (N, A)."""
+    n = student.cls_logits.shape[0]
+    s_cls, t_cls = student.cls_logits.float(), teacher.cls_logits.float().detach()
+    focal = (t_cls.sigmoid() - s_cls.sigmoid()).abs() ** weights.gamma
+    kd_cls = (focal * binary_kl_with_logits(s_cls, t_cls)).sum() / num_pos.clamp(min=n)
+
+    t_boxes = coder.decode(anchors, teacher.box_deltas.float().detach())  # (N, A, 4)
+    overlap = _max_iou_with_gt(t_boxes, targets)
+    w = torch.where(overlap > weights.box_iou_threshold, overlap, 0.0)
+    norm = w.sum().clamp(min=1e-6)
+    kd_iou = (w * binary_kl_with_logits(student.iou_logits.float(), teacher.iou_logits.float().detach())).sum() / norm
+    keep = w > 0
+    s_boxes = coder.decode(anchors.expand(n, -1, -1)[keep], student.box_deltas[keep].float())
+    kd_box = (w[keep] * generalized_box_iou_loss(s_boxes, t_boxes[keep], reduction="none")).sum() / norm
+    return {"loss_kd_cls": weights.cls * kd_cls, "loss_kd_iou": weights.iou * kd_iou, "loss_kd_box": weights.box * kd_box}
+
+
+def _max_iou_with_gt(boxes: Tensor, targets: Targets) -> Tensor:
+    """(N, A, 4) -> (N, A): each box's best IoU with a valid GT of its image."""
+    iou = pairwise_iou(boxes, targets.boxes.float())  # (N, A, M)
+    return torch.where(targets.valid[:, None, :], iou, 0.0).amax(-1)

@@ -49,3 +49,7 @@ class AnchorLayout:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "AnchorLayout":
+        return AnchorLayout(tuple(d["strides"]), d["octave_base_scale"], d["centre_offset"])

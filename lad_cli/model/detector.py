@@ -25,7 +25,7 @@ class DetectorConfig:
 
     @staticmethod
     def from_dict(d: dict) -> "DetectorConfig":
-        return DetectorConfig(**{**d, "layout": AnchorLayout(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["layout"].items()})})
+        return DetectorConfig(**{**d, "layout": AnchorLayout.from_dict(d["layout"])})
 
 
 @dataclass

@@ -19,7 +19,7 @@ class Scale(nn.Module):
 def _tower(width: int, depth: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(depth):
-        layers += [nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(min(32, width), width), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(min(32, width // 2), width), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

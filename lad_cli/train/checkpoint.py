@@ -5,7 +5,9 @@ from pathlib import Path
 
 import torch
 
+from ..data.coco import CocoSplit
 from ..errors import LadError
+from ..model.backbone import load_backbone_weights
 from ..model.detector import DetectorConfig, PAADetector
 
 FORMAT = "lad-checkpoint/1"
@@ -39,13 +41,29 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def build_detector(ckpt: dict, path: Path, key: str = "model") -> PAADetector:
-    """The network stored under `key`, with its weights; a mismatch is a LadError."""
-    config = DetectorConfig.from_dict(ckpt["detector" if key == "model" else f"{key}_detector"])
+def build_detector(ckpt: dict, path: Path) -> PAADetector:
+    """The checkpoint's network with its weights; a mismatch is a LadError."""
+    config = DetectorConfig.from_dict(ckpt["detector"])
     model = PAADetector(config)
     try:
-        model.load_state_dict(ckpt[key])
+        model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise LadError(f"{path}: weights do not fit a {config.arch} detector ({first[:120]})") from None
     return model
+
+
+def new_detector(arch: str, num_classes: int, width: int, head_depth: int, weights: str | None) -> PAADetector:
+    """A fresh detector; with backbone weights, its stem is frozen and BatchNorm fixed."""
+    net = PAADetector(DetectorConfig(arch, num_classes, width, head_depth))
+    if weights:
+        load_backbone_weights(net.backbone, arch, weights)
+        net.backbone.freeze_stem()
+    return net
+
+
+def model_checkpoint(net: PAADetector, split: CocoSplit, cfg) -> dict:
+    """What `lad eval` and a LAD teacher need: weights, architecture, classes, input size."""
+    return {"format": FORMAT, "model": net.state_dict(), "detector": net.config.to_dict(),
+            "categories": split.categories, "size": cfg.size, "max_size": cfg.max_size,
+            "annotations_sha256": split.sha256}

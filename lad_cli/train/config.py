@@ -32,6 +32,16 @@ class TrainConfig:
     log_every: int = 20
     save_every: int = 0  # also save last.pt every N iterations (0: at epoch ends only)
     eval_every: int = 1
+    # Where the assignment comes from (student-train); all None/False: the network's own PAA.
+    teacher: str | None = None
+    cache: str | None = None
+    allow_partial: bool = False
+    colearn: bool = False
+    peer_arch: str | None = None
+    peer_init: str | None = None
+    switch: str = "gt-level"
+    soft_label_weight: float | None = None
+    soft_label_gamma: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)

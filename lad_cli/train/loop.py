@@ -12,14 +12,12 @@ from ..data.views import View, parse_views
 from ..errors import LadError
 from ..evaluate import coco_metrics, predict
 from ..losses import LossWeights, detection_loss
-from ..model.backbone import load_backbone_weights
-from ..model.detector import DetectorConfig, PAADetector
 from ..progress import progress_bar
 from ..runtime import autocast, console, resolve_device
 from . import run_dir
-from .checkpoint import FORMAT, load_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, model_checkpoint, new_detector, save_atomic
 from .config import TrainConfig
-from .sources import OwnAssignment
+from .sources import build_source
 
 LOSS_KEYS = ("loss_cls", "loss_box", "loss_iou")
 
@@ -37,24 +35,9 @@ def load_data(cfg: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
     return train, val
 
 
-def new_detector(cfg: TrainConfig, arch: str, num_classes: int, weights: str | None) -> PAADetector:
-    net = PAADetector(DetectorConfig(arch, num_classes, cfg.width, cfg.head_depth))
-    if weights:
-        load_backbone_weights(net.backbone, arch, weights)
-        net.backbone.freeze_stem()
-    return net
-
-
-def model_checkpoint(net: PAADetector, split: CocoSplit, cfg: TrainConfig) -> dict:
-    """What `lad eval` and a LAD teacher need: weights, architecture, classes, input size."""
-    return {"format": FORMAT, "model": net.state_dict(), "detector": net.config.to_dict(),
-            "categories": split.categories, "size": cfg.size, "max_size": cfg.max_size,
-            "annotations_sha256": split.sha256}
-
-
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, build_source=None) -> dict:
-    """Train (and validate each epoch); returns the final summary. build_source(cfg, nets,
-    train_split, device) -> source; default: the network's own PAA assignment."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train (and validate each epoch); returns the final summary. The config's source
+    options (teacher, cache, colearn) pick where assignments come from."""
     out = run_dir.prepare(Path(cfg.out), resume, overwrite)
     ckpt = None
     if resume:
@@ -66,8 +49,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, build
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     torch.manual_seed(cfg.seed)
-    nets = {"student": new_detector(cfg, cfg.arch, len(train_split.categories), cfg.weights)}
-    source = build_source(cfg, nets, train_split, device) if build_source else OwnAssignment()
+    nets = {"student": new_detector(cfg.arch, len(train_split.categories), cfg.width, cfg.head_depth, cfg.weights)}
+    source = build_source(cfg, nets, train_split, device)
     for net in nets.values():
         net.to(device)
     params = [p for net in nets.values() for p in net.parameters() if p.requires_grad]

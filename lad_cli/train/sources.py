@@ -1,11 +1,28 @@
-"""Assignment sources: where a batch's assignment comes from. The loop is the same for all."""
-from dataclasses import dataclass, field
+"""Assignment sources: where a batch's assignment comes from. The loop is the same for all.
 
+A source is called with the batch, every network's predictions, the anchors and the
+per-level anchor counts, and returns the batch's matched_idxs (plus scalars to log and,
+for soft labels, the teacher's outputs). Optional hooks: `wrap_dataset` (the cache reads
+its entries in the loader's workers), `subset` (images to train on), `extra_losses`.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
 from torch import Tensor
 
+from ..assign.colearn import colearn_assign
 from ..assign.paa import PAAParams, paa_assign
-from ..data.dataset import Batch
+from ..assign.teacher import Teacher
+from ..cache import AssignmentCache, Provenance, anchor_counts
+from ..data.coco import CocoSplit
+from ..data.dataset import Batch, DetectionDataset
+from ..errors import LadError
+from ..losses import SoftLabelWeights, soft_label_loss
 from ..model.detector import Predictions
+from ..runtime import console
+from .checkpoint import build_detector, load_checkpoint, new_detector
 
 
 @dataclass
@@ -26,3 +43,130 @@ class OwnAssignment:
     def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         own = preds["student"]
         return SourceOutput(paa_assign(anchors, counts, own.cls_logits, own.box_deltas, batch.targets, self.params))
+
+
+class TeacherAssignment:
+    """Online LAD: a frozen teacher assigns every batch (optionally soft labels too)."""
+
+    box_weighting = "mean"
+
+    def __init__(self, teacher: Teacher, soft: SoftLabelWeights | None):
+        self.teacher = teacher
+        self.soft = soft
+
+    def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+        matched, teacher_pred = self.teacher.assign(batch)
+        return SourceOutput(matched, teacher=teacher_pred if self.soft else None)
+
+    def extra_losses(self, batch: Batch, preds: dict[str, Predictions], out: SourceOutput, anchors: Tensor) -> dict:
+        if self.soft is None:
+            return {}
+        num_pos = (out.matched_idxs >= 0).sum().float()
+        return soft_label_loss(preds["student"], out.teacher, anchors, batch.targets, self.soft, num_pos)
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """The training dataset plus each (image, view)'s cached assignment, read in the workers."""
+
+    def __init__(self, dataset: DetectionDataset, cache_path: Path, counts: np.ndarray):
+        self.dataset = dataset
+        self.cache_path = cache_path
+        self.counts = counts
+        self.cache = None  # opened lazily, once per worker process
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def shapes(self):
+        return self.dataset.shapes()
+
+    def __getitem__(self, key):
+        if self.cache is None:
+            self.cache = AssignmentCache.open(self.cache_path)
+        sample = self.dataset[key]
+        e = self.cache.entry(*key)
+        sample.matched_idxs = torch.from_numpy(self.cache.read(e, int(self.counts[e])))
+        return sample
+
+
+class CachedAssignment:
+    """Cached LAD: assignments read from a `lad assign --cache` store; no teacher in memory."""
+
+    box_weighting = "mean"
+
+    def __init__(self, path: Path, split: CocoSplit, layout, allow_partial: bool):
+        self.path = Path(path)
+        self.cache = AssignmentCache.open(self.path)
+        self.layout = layout
+        self.split = split
+        expected = Provenance(self.cache.provenance.teacher_sha256, split.sha256, self.cache.provenance.views,
+                              layout.to_dict(), self.cache.provenance.assigner, split.categories)
+        field_name = self.cache.provenance.mismatch(expected)
+        if field_name:
+            raise LadError(f"{self.path}: cache does not match the training setup: {field_name} differs")
+        done = self.cache.done().reshape(self.cache.num_images, self.cache.num_views).all(1)
+        if not done.all():
+            if not allow_partial:
+                raise LadError(f"{self.path}: cache incomplete: {int(done.sum())} of {len(done)} images done "
+                               "(finish it with lad assign --resume, or pass --allow-partial)")
+            console.print(f"[yellow]--allow-partial: training on the {int(done.sum())} of {len(done)} images the cache holds")
+        self.subset = np.nonzero(done)[0].tolist()
+
+    @property
+    def views(self) -> list[dict]:
+        return self.cache.attrs["views"]
+
+    def wrap_dataset(self, dataset: DetectionDataset) -> CachedDataset:
+        if [v.to_dict() for v in dataset.views] != self.views:
+            raise LadError(f"{self.path}: cache views {[v['name'] for v in self.views]} differ from the run's "
+                           f"{[v.name for v in dataset.views]}")
+        return CachedDataset(dataset, self.path, anchor_counts(self.cache.padded_hw(), self.layout))
+
+    def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+        return SourceOutput(batch.matched_idxs)
+
+
+class CoLearning:
+    """Co-learning LAD: both networks predict, the switch picks whose costs assign."""
+
+    box_weighting = "mean"
+
+    def __init__(self, rule: str):
+        self.rule = rule
+
+    def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+        matched, share = colearn_assign(anchors, counts, preds["student"], preds["peer"], batch.targets, self.rule)
+        return SourceOutput(matched, stats={"student_teaches": share})
+
+
+def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device):
+    """The assignment source a config asks for; co-learning adds its peer to `nets`."""
+    chosen = [name for name, on in (("--cache", cfg.cache), ("--teacher", cfg.teacher), ("--colearn", cfg.colearn)) if on]
+    if len(chosen) > 1:
+        raise LadError(f"{' and '.join(chosen)} exclude each other: give one assignment source")
+    if (cfg.peer_arch or cfg.peer_init) and not cfg.colearn:
+        raise LadError("--peer-arch and --peer-init need --colearn")
+    if cfg.soft_label_weight is not None and not cfg.teacher:
+        why = "the cache holds assignments, not the teacher's outputs" if cfg.cache else "soft labels come from a teacher"
+        raise LadError(f"--soft-label-weight needs --teacher ({why})")
+    student = nets["student"]
+    if cfg.cache:
+        return CachedAssignment(Path(cfg.cache), split, student.config.layout, cfg.allow_partial)
+    if cfg.teacher:
+        teacher = Teacher(Path(cfg.teacher), device)
+        teacher.check_compatible(student, split.categories)
+        soft = None if cfg.soft_label_weight is None else SoftLabelWeights(cls=cfg.soft_label_weight, gamma=cfg.soft_label_gamma)
+        return TeacherAssignment(teacher, soft)
+    if cfg.colearn:
+        if cfg.peer_init:
+            ckpt = load_checkpoint(Path(cfg.peer_init))
+            peer = build_detector(ckpt, Path(cfg.peer_init))
+            if cfg.peer_arch and peer.config.arch != cfg.peer_arch:
+                raise LadError(f"{cfg.peer_init}: a {peer.config.arch} checkpoint, but --peer-arch is {cfg.peer_arch}")
+            if peer.config.layout != student.config.layout or peer.config.num_classes != student.config.num_classes:
+                raise LadError(f"{cfg.peer_init}: peer has another anchor layout or class count than the student")
+        else:
+            peer = new_detector(cfg.peer_arch or cfg.arch, student.config.num_classes, cfg.width, cfg.head_depth, cfg.weights)
+        nets["peer"] = peer
+        return CoLearning(cfg.switch)
+    return OwnAssignment()

@@ -1,0 +1,83 @@
+"""Batched `paa_assign` vs the reference per-GT loop with sklearn, on the same predictions.
+
+    python -m benchmarks.assign_speed [--images 16] [--gts 30] [--height 800] [--width 1333] [--device cpu]
+
+Prints one JSON object: both times, the speed-up and how many images got identical positives.
+"""
+import argparse
+import json
+import time
+import warnings
+
+import torch
+
+from benchmarks.reference_paa import reference_assign
+from lad_cli.assign.paa import paa_assign
+from lad_cli.assign.targets import Targets
+from lad_cli.data.views import padded_hw
+from lad_cli.model.anchors import AnchorLayout
+
+
+def make_inputs(images: int, gts: int, hw: tuple[int, int], classes: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    layout = AnchorLayout()
+    padded = padded_hw(*hw, layout.size_divisor)
+    anchors, counts = layout.anchors(padded), layout.num_per_level(padded)
+    boxes, labels = [], []
+    for _ in range(images):
+        wh = 16 + torch.rand(gts, 2, generator=g) * 300
+        xy = torch.rand(gts, 2, generator=g) * (torch.tensor([hw[1], hw[0]]) - wh)
+        boxes.append(torch.cat([xy, xy + wh], 1))
+        labels.append(torch.randint(0, classes, (gts,), generator=g))
+    targets = Targets.from_lists(boxes, labels, [torch.zeros(0, 4)] * images)
+    # Predictions of a half-trained detector: logits around the prior, small box corrections.
+    cls = torch.randn(images, len(anchors), classes, generator=g) - 3
+    deltas = torch.randn(images, len(anchors), 4, generator=g) * 0.3
+    return anchors, counts, cls, deltas, targets
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--gts", type=int, default=30)
+    p.add_argument("--height", type=int, default=800)
+    p.add_argument("--width", type=int, default=1333)
+    p.add_argument("--classes", type=int, default=80)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    anchors, counts, cls, deltas, targets = make_inputs(args.images, args.gts, (args.height, args.width), args.classes, args.seed)
+    device = torch.device(args.device)
+
+    dev = [t.to(device) for t in (anchors, cls, deltas)]
+    dev_targets = targets.to(device)
+    paa_assign(dev[0], counts, dev[1][:1], dev[2][:1], dev_targets.select(slice(0, 1)))  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    batched = paa_assign(dev[0], counts, dev[1], dev[2], dev_targets)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    batched_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    reference = [reference_assign(anchors, counts, cls[i], deltas[i], targets.boxes[i], targets.labels[i])
+                 for i in range(args.images)]
+    reference_s = time.perf_counter() - start
+
+    batched = batched.cpu()
+    pos_ours = {(i, a, int(batched[i, a])) for i in range(args.images) for a in torch.nonzero(batched[i] >= 0).flatten().tolist()}
+    pos_ref = {(i, a, int(reference[i][a])) for i in range(args.images) for a in torch.nonzero(reference[i] >= 0).flatten().tolist()}
+    print(json.dumps({
+        "images": args.images, "gts_per_image": args.gts, "anchors": len(anchors), "device": str(device),
+        "batched_s": round(batched_s, 4), "reference_s": round(reference_s, 4),
+        "speedup": round(reference_s / batched_s, 1),
+        "identical_positive_fraction": len(pos_ours & pos_ref) / max(1, len(pos_ours | pos_ref)),
+        "identical_images": sum(torch.equal(batched[i], reference[i]) for i in range(args.images)),
+        "positives": len(pos_ref),
+    }))
+
+
+if __name__ == "__main__":
+    main()

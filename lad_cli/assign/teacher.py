@@ -1,0 +1,55 @@
+"""A frozen teacher and the canonical assignment of an (image, view)."""
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..data.dataset import Batch
+from ..errors import LadError
+from ..model.detector import PAADetector, Predictions
+from ..runtime import autocast
+from ..train.checkpoint import build_detector, load_checkpoint
+from .paa import PAAParams, paa_assign
+
+
+class Teacher:
+    """A trained PAA detector, always in eval mode, never under autograd.
+
+    Its predictions are computed image by image: CPU and GPU convolution kernels give
+    results that depend (in the last bits) on how many images share a batch, and the
+    canonical assignment of an (image, view) must not depend on its batch-mates: it is
+    what `lad assign --cache` stores and what online LAD recomputes, bit for bit.
+    """
+
+    def __init__(self, path: Path, device: torch.device):
+        self.path = Path(path)
+        self.checkpoint = load_checkpoint(path)
+        self.model = build_detector(self.checkpoint, self.path).to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = device
+
+    @property
+    def categories(self) -> list[dict]:
+        return self.checkpoint["categories"]
+
+    def check_compatible(self, student: PAADetector, categories: list[dict]) -> None:
+        if self.model.config.layout != student.config.layout:
+            raise LadError(f"{self.path}: teacher anchor layout {self.model.config.layout} differs from the student's")
+        if [c["id"] for c in self.categories] != [c["id"] for c in categories]:
+            raise LadError(f"{self.path}: teacher was trained on other categories than the dataset's")
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Predictions:
+        self.model.eval()  # a training loop's .train() on its modules must never reach the teacher
+        parts = []
+        for image in images.split(1):
+            with autocast(self.device):
+                parts.append(self.model(image))
+        return Predictions(*(torch.cat([getattr(p, f) for p in parts]).float() for f in ("cls_logits", "box_deltas", "iou_logits")))
+
+    def assign(self, batch: Batch, params: PAAParams = PAAParams()) -> tuple[Tensor, Predictions]:
+        """matched_idxs (N, A) of the batch (on the teacher's device) and the teacher's outputs."""
+        pred = self.predict(batch.images)
+        anchors, counts = self.model.anchors(batch.padded_hw, self.device)
+        return paa_assign(anchors, counts, pred.cls_logits, pred.box_deltas, batch.targets, params), pred

@@ -1,0 +1,253 @@
+"""The assignment cache: a zarr v3 store of teacher assignments per (image, view).
+
+Layout (E = images x views entries, entry e = image_index * V + view_id):
+  matched    (E, A_max) int16   the Assignment (GT index, -1 background, -2 ignore), padded
+                                with -32768 past the entry's own anchor count; one chunk per
+                                entry, `shard_entries` entries per shard file, zstd+bitshuffle
+                                (a few hundred positives among ~20k anchors compress to ~1 KiB)
+  crc32      (E,) uint32        checksum of the entry's int16 bytes
+  done       (E,) uint8         1 once the entry's data and checksum are on disk (written last)
+  padded_hw  (E, 2) int32       padded input shape of each entry
+  image_ids  (I,) int64         COCO image ids in annotation-file order
+Attributes hold the provenance. A shard is written whole, by one process, data first and
+`done` last, so a kill leaves the shard's entries not done and never half-labelled.
+"""
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from .errors import LadError
+
+FORMAT = "lad-cache"
+FORMAT_VERSION = 1
+PAD = -32768
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def entry_crc(matched: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(matched, dtype="<i2").tobytes())
+
+
+@dataclass
+class Provenance:
+    """What produced a cache; compared field by field against what a reader expects."""
+
+    teacher_sha256: str
+    annotations_sha256: str
+    views: list[dict]
+    anchor_layout: dict
+    assigner: dict
+    categories: list[dict]
+
+    def mismatch(self, other: "Provenance") -> str | None:
+        """Name of the first field that differs, or None."""
+        for name in ("annotations_sha256", "views", "anchor_layout", "categories", "assigner", "teacher_sha256"):
+            if _plain(getattr(self, name)) != _plain(getattr(other, name)):
+                return name
+        return None
+
+
+def _plain(value):
+    """JSON-shaped value (tuples as lists) for comparisons with what zarr attributes hold."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class AssignmentCache:
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = Path(path)
+        self.group = group
+        attrs = dict(group.attrs)
+        self.attrs = attrs
+        self.num_images = attrs["num_images"]
+        self.num_views = len(attrs["views"])
+        self.shard_entries = attrs["shard_entries"]
+        self.provenance = Provenance(**{k: attrs[k] for k in Provenance.__dataclass_fields__})
+        self._matched = group["matched"]
+        self._crc = None
+
+    @property
+    def num_entries(self) -> int:
+        return self.num_images * self.num_views
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_entries // self.shard_entries)
+
+    @staticmethod
+    def create(path: Path, provenance: Provenance, image_ids: list[int], padded_hw: np.ndarray,
+               max_anchors: int, shard_entries: int) -> "AssignmentCache":
+        """A new, empty store (every entry not done). padded_hw: (E, 2)."""
+        entries = len(padded_hw)
+        shard = max(1, min(shard_entries, entries))
+        try:
+            group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        except OSError as exc:
+            raise LadError(f"{path}: cannot create the cache ({exc.strerror})") from None
+        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "num_images": len(image_ids),
+                            "shard_entries": shard, "max_anchors": max_anchors, **_plain(provenance.__dict__)})
+        group.create_array("matched", shape=(entries, max_anchors), dtype="int16", chunks=(1, max_anchors),
+                           shards=(shard, max_anchors), fill_value=PAD,
+                           compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
+        group.create_array("crc32", shape=(entries,), dtype="uint32", chunks=(shard,), fill_value=0)
+        group.create_array("done", shape=(entries,), dtype="uint8", chunks=(shard,), fill_value=0)
+        group.create_array("padded_hw", shape=(entries, 2), dtype="int32", chunks=(entries, 2))[:] = padded_hw
+        group.create_array("image_ids", shape=(len(image_ids),), dtype="int64", chunks=(max(1, len(image_ids)),))[:] = image_ids
+        return AssignmentCache(path, group)
+
+    @staticmethod
+    def open(path: Path, mode: str = "r") -> "AssignmentCache":
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise LadError(f"{path}: not an assignment cache (no zarr.json)")
+        try:
+            group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+            attrs = dict(group.attrs)
+        except Exception as exc:
+            raise LadError(f"{path}: unreadable cache ({type(exc).__name__})") from None
+        if attrs.get("format") != FORMAT:
+            raise LadError(f"{path}: not an assignment cache")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise LadError(f"{path}: cache format version {attrs.get('format_version')}, this lad reads {FORMAT_VERSION}")
+        return AssignmentCache(path, group)
+
+    def entry(self, index: int, view_id: int) -> int:
+        return index * self.num_views + view_id
+
+    def shard_range(self, shard: int) -> range:
+        return range(shard * self.shard_entries, min((shard + 1) * self.shard_entries, self.num_entries))
+
+    def done(self) -> np.ndarray:
+        """(E,) bool. A shard whose flag file cannot be read counts as not done."""
+        flags = np.zeros(self.num_entries, bool)
+        for shard in range(self.num_shards):
+            r = self.shard_range(shard)
+            try:
+                flags[r.start:r.stop] = self.group["done"][r.start:r.stop] == 1
+            except Exception:  # a kill during the flag write: the shard is redone
+                pass
+        return flags
+
+    def padded_hw(self) -> np.ndarray:
+        return self.group["padded_hw"][:]
+
+    def image_ids(self) -> np.ndarray:
+        return self.group["image_ids"][:]
+
+    def write_shard(self, shard: int, matched: np.ndarray, counts: np.ndarray) -> None:
+        """matched: (entries of the shard, A_max) int16, PAD past each entry's `counts`."""
+        r = self.shard_range(shard)
+        crcs = np.array([entry_crc(m[:c]) for m, c in zip(matched, counts)], dtype=np.uint32)
+        try:
+            self._matched[r.start:r.stop] = matched
+            self.group["crc32"][r.start:r.stop] = crcs
+            self.group["done"][r.start:r.stop] = 1
+        except OSError as exc:
+            raise LadError(f"{self.path}: cannot write shard {shard} ({exc.strerror}); finished shards are kept") from None
+
+    def read(self, e: int, num_anchors: int) -> np.ndarray:
+        """The assignment of entry e as (num_anchors,) int64, checksum-verified."""
+        if self._crc is None:
+            self._crc = self.group["crc32"][:]
+        try:
+            raw = self._matched[e, :num_anchors]
+        except Exception as exc:
+            raise LadError(f"{self.path}: entry {e} unreadable ({type(exc).__name__})") from None
+        if entry_crc(raw) != int(self._crc[e]):
+            raise LadError(f"{self.path}: entry {e} is corrupt (checksum mismatch)")
+        return raw.astype(np.int64)
+
+    def slabs(self):
+        """(entry range, matched slab) shard by shard: the fast way to scan the whole store."""
+        for shard in range(self.num_shards):
+            r = self.shard_range(shard)
+            try:
+                yield r, self._matched[r.start:r.stop]
+            except Exception as exc:
+                raise LadError(f"{self.path}: shard {shard} (entries {r.start}-{r.stop - 1}) unreadable "
+                               f"({type(exc).__name__})") from None
+
+    def digest(self, anchor_counts: np.ndarray) -> str:
+        """sha256 over every entry's sha256, in canonical (image id, view) order."""
+        per_entry = [b""] * self.num_entries
+        for r, slab in self.slabs():
+            for e, row in zip(r, slab):
+                per_entry[e] = hashlib.sha256(np.ascontiguousarray(row[:anchor_counts[e]], dtype="<i2").tobytes()).digest()
+        h = hashlib.sha256()
+        for image in np.argsort(self.image_ids(), kind="stable"):
+            for view in range(self.num_views):
+                h.update(per_entry[self.entry(int(image), view)])
+        return h.hexdigest()
+
+    def bytes_on_disk(self) -> tuple[int, int]:
+        """(total bytes, number of files) of the store."""
+        files = [p for p in self.path.rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files), len(files)
+
+
+def anchor_counts(padded_hw: np.ndarray, layout) -> np.ndarray:
+    """(E,) anchors per entry from its padded shape."""
+    return np.array([sum(layout.num_per_level((int(h), int(w)))) for h, w in padded_hw], dtype=np.int64)
+
+
+def cache_info(cache: AssignmentCache, layout) -> dict:
+    """What `lad cache info` prints: size, completeness, provenance and the digest."""
+    counts = anchor_counts(cache.padded_hw(), layout)
+    size, files = cache.bytes_on_disk()
+    done = int(cache.done().sum())
+    return {"path": str(cache.path), "format_version": cache.attrs["format_version"], "images": cache.num_images,
+            "views": [v["name"] for v in cache.attrs["views"]], "entries": cache.num_entries, "done": done,
+            "complete": done == cache.num_entries, "bytes_on_disk": size, "files": files,
+            "bytes_per_entry": round(size / max(1, cache.num_entries), 1), "shard_entries": cache.shard_entries,
+            "teacher_sha256": cache.provenance.teacher_sha256,
+            "annotations_sha256": cache.provenance.annotations_sha256,
+            "anchor_layout": cache.provenance.anchor_layout, "assigner": cache.provenance.assigner,
+            "digest": cache.digest(counts)}
+
+
+def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndarray) -> None:
+    """Raise LadError with the first problem: provenance, completeness, shapes, GT range, checksums."""
+    where = f"{cache.path}"
+    if cache.provenance.annotations_sha256 != split.sha256:
+        raise LadError(f"{where}: annotations_sha256 differs from {split.ann_file}")
+    if [c["id"] for c in cache.provenance.categories] != [c["id"] for c in split.categories]:
+        raise LadError(f"{where}: categories differ from {split.ann_file}")
+    if not np.array_equal(cache.image_ids(), [r.id for r in split.images]):
+        raise LadError(f"{where}: image ids differ from {split.ann_file} ({cache.num_images} vs {len(split.images)} images)")
+    done = cache.done()
+    if not done.all():
+        raise LadError(f"{where}: cache incomplete: {int(done.sum())} of {len(done)} entries")
+    padded = cache.padded_hw()
+    bad = np.nonzero((padded != expected_padded).any(1))[0]
+    if len(bad):
+        raise LadError(f"{where}: entry {bad[0]}: padded shape {tuple(padded[bad[0]])} does not match the view, "
+                       f"expected {tuple(expected_padded[bad[0]])}")
+    counts = anchor_counts(padded, layout)
+    crcs = cache.group["crc32"][:]
+    num_gts = [len(r.boxes) for r in split.images]
+    for r, slab in cache.slabs():
+        for e, row in zip(r, slab):
+            image = split.images[e // cache.num_views]
+            label = f"entry {e} (image id {image.id}, view {cache.attrs['views'][e % cache.num_views]['name']})"
+            if entry_crc(row[:counts[e]]) != crcs[e]:
+                raise LadError(f"{where}: {label} is corrupt (checksum mismatch)")
+            if (row[counts[e]:] != PAD).any():
+                raise LadError(f"{where}: {label} has values past its {counts[e]} anchors")
+            values = row[:counts[e]]
+            if values.min(initial=0) < -2 or values.max(initial=-1) >= num_gts[e // cache.num_views]:
+                raise LadError(f"{where}: {label} has GT indices outside [-2, {num_gts[e // cache.num_views]})")
