@@ -51,6 +51,7 @@ Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option("--batch", min=1, help="Images per iteration.")]
 Out = Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+Amp = Annotated[str, typer.Option(help="bf16 autocast: auto (on CUDA, and on CPUs with bf16 units), bf16 or off.")]
 Seed = Annotated[int, typer.Option(help="Seed of the weights' init and of the batch/view plan.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out (its config.json wins).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
@@ -60,6 +61,7 @@ Size = Annotated[int, typer.Option(min=32, help="Shorter image side after resizi
 MaxSize = Annotated[int, typer.Option(min=32, help="Cap on the longer side after resizing.")]
 Width = Annotated[int, typer.Option(min=8, help="FPN and head channels (256 = paper).")]
 HeadDepth = Annotated[int, typer.Option(min=1, help="Convs per head tower (4 = paper).")]
+AnchorScale = Annotated[int, typer.Option(min=1, help="Anchor side in strides (8 = paper; smaller suits small images).")]
 Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: a torchvision ResNet state-dict file, or 'imagenet' (torchvision's cache).")]
 Warmup = Annotated[int, typer.Option(min=0, help="Linear warm-up iterations.")]
 LrSteps = Annotated[Optional[str], typer.Option(help="Epochs at which lr x0.1, e.g. 8,11 [default: 8/12 and 11/12 of the run].")]
@@ -90,9 +92,10 @@ def data_synth(
 def teacher_train(
     out: Out, data: Data = None, ann: Ann = None, images: Images = None, split: Split = "train",
     val_split: ValSplit = "val", arch: Arch = "resnet50",
-    epochs: Epochs = 12, batch: BatchSize = 16, lr: Lr = None, device: Device = "auto", seed: Seed = 0,
+    epochs: Epochs = 12, batch: BatchSize = 16, lr: Lr = None, device: Device = "auto", amp: Amp = "auto", seed: Seed = 0,
     resume: Resume = False, overwrite: Overwrite = False, workers: Workers = 0, size: Size = 800,
-    max_size: MaxSize = 1333, width: Width = 256, head_depth: HeadDepth = 4, weights: Weights = None,
+    max_size: MaxSize = 1333, width: Width = 256, head_depth: HeadDepth = 4, anchor_scale: AnchorScale = 8,
+    weights: Weights = None,
     warmup: Warmup = 500, lr_steps: LrSteps = None, views: Views = "orig,flip", log_every: LogEvery = 20,
     save_every: SaveEvery = 0, clip: Clip = 35.0, box_weighting: BoxWeighting = None,
 ) -> None:
@@ -119,11 +122,13 @@ def student_train(
     soft_label_weight: Annotated[Optional[float], typer.Option(help="Add soft-label distillation with this class-KL weight (needs --teacher).")] = None,
     soft_label_gamma: Annotated[float, typer.Option(help="Focal exponent of the soft-label KL.")] = 0.5,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Train on the finished entries of an incomplete cache.")] = False,
-    epochs: Epochs = 12, batch: BatchSize = 16, lr: Lr = None, device: Device = "auto", seed: Seed = 0,
+    epochs: Epochs = 12, batch: BatchSize = 16, lr: Lr = None, device: Device = "auto", amp: Amp = "auto", seed: Seed = 0,
     resume: Resume = False, overwrite: Overwrite = False, workers: Workers = 0,
     size: Annotated[Optional[int], typer.Option(min=32, help="Shorter side [default: the teacher's or cache's].")] = None,
     max_size: Annotated[Optional[int], typer.Option(min=32, help="Longer-side cap [default: the teacher's or cache's].")] = None,
-    width: Width = 256, head_depth: HeadDepth = 4, weights: Weights = None, warmup: Warmup = 500,
+    width: Width = 256, head_depth: HeadDepth = 4,
+    anchor_scale: Annotated[Optional[int], typer.Option(min=1, help="Anchor side in strides [default: the teacher's or cache's, else 8].")] = None,
+    weights: Weights = None, warmup: Warmup = 500,
     lr_steps: LrSteps = None,
     views: Annotated[Optional[str], typer.Option(help="Training views [default: the cache's, else orig,flip].")] = None,
     log_every: LogEvery = 20, save_every: SaveEvery = 0, clip: Clip = 35.0, box_weighting: BoxWeighting = None,
@@ -147,7 +152,7 @@ def assign(
     ann: Ann = None, images: Images = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", "--out", help="Write the assignments to this zarr store.")] = None,
     views: Annotated[str, typer.Option(help="Views to assign, at the teacher's training size: e.g. orig,flip.")] = "orig,flip",
-    batch: BatchSize = 8, device: Device = "auto", workers: Workers = 0,
+    batch: BatchSize = 8, device: Device = "auto", amp: Amp = "auto", workers: Workers = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted cache, skipping finished shards.")] = False,
     overwrite: Overwrite = False,
     shard_entries: Annotated[int, typer.Option(min=1, help="Entries per shard file (and per resume step).")] = 4096,
@@ -155,7 +160,8 @@ def assign(
     """Run a teacher over a split: store its assignments (--cache) or print their statistics."""
     from .assign.offline import run_assign
 
-    emit_json(run_assign(teacher, data, split, ann, images, cache, views, batch, device, workers, resume, overwrite, shard_entries))
+    emit_json(run_assign(teacher, data, split, ann, images, cache, views, batch, device, workers, resume, overwrite,
+                         shard_entries, amp=amp))
 
 
 @cache_app.command("info")
@@ -198,12 +204,12 @@ def evaluate(
     ann: Ann = None, images: Images = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON to this file (- for stdout).")] = None,
     detections: Annotated[Optional[Path], typer.Option(help="Write the detections as a COCO results json.")] = None,
-    batch: BatchSize = 8, device: Device = "auto", workers: Workers = 0,
+    batch: BatchSize = 8, device: Device = "auto", amp: Amp = "auto", workers: Workers = 0,
 ) -> None:
     """COCO metrics (pycocotools) of a checkpoint on a split."""
     from .evaluate import run_eval
 
-    metrics, table = run_eval(checkpoint, data, split, ann, images, detections, batch, device, workers)
+    metrics, table = run_eval(checkpoint, data, split, ann, images, detections, batch, device, workers, amp)
     if json_out is not None:
         emit_json(metrics, json_out)
     if json_out is None or str(json_out) != "-":

@@ -16,7 +16,7 @@ from .model.detector import PAADetector
 from .model.inference import InferenceParams, postprocess
 from .errors import LadError
 from .progress import progress_bar
-from .runtime import autocast, resolve_device
+from .runtime import autocast, resolve_device, use_bf16
 from .train.checkpoint import build_detector, load_checkpoint
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -24,7 +24,7 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 @torch.no_grad()
 def predict(model: PAADetector, split: CocoSplit, view: View, batch_size: int, device: torch.device,
-            workers: int = 0, on_batch=None, params: InferenceParams = InferenceParams()) -> list[dict]:
+            workers: int = 0, on_batch=None, params: InferenceParams = InferenceParams(), bf16: bool = False) -> list[dict]:
     """COCO-format detections (original image pixels, dataset category ids) for every image."""
     divisor = model.config.layout.size_divisor
     dataset = DetectionDataset(split, [view], divisor)
@@ -37,7 +37,7 @@ def predict(model: PAADetector, split: CocoSplit, view: View, batch_size: int, d
     try:
         for batch in loader:
             batch = batch.to(device)
-            with autocast(device):
+            with autocast(device, bf16):
                 pred = model(batch.images)
             anchors, counts = model.anchors(batch.padded_hw, device)
             for det, index in zip(postprocess(pred, anchors, counts, batch.image_hw, params), batch.indices.tolist()):
@@ -101,7 +101,7 @@ def format_table(metrics: dict) -> str:
 
 
 def run_eval(checkpoint: Path, data: Path | None, split: str, ann: Path | None, images: Path | None,
-             detections: Path | None, batch: int, device_name: str, workers: int) -> tuple[dict, str]:
+             detections: Path | None, batch: int, device_name: str, workers: int, amp: str = "auto") -> tuple[dict, str]:
     """`lad eval`: metrics dict and the printable table of a checkpoint on a split."""
     device = resolve_device(device_name)
     ckpt = load_checkpoint(checkpoint)
@@ -113,7 +113,8 @@ def run_eval(checkpoint: Path, data: Path | None, split: str, ann: Path | None, 
     view = View("orig", ckpt["size"], ckpt["max_size"], False)
     with progress_bar() as bar:
         task = bar.add_task(f"eval {split}", total=len(coco.images), info="")
-        results = predict(model, coco, view, batch, device, workers, on_batch=lambda n: bar.advance(task, n))
+        results = predict(model, coco, view, batch, device, workers, on_batch=lambda n: bar.advance(task, n),
+                          bf16=use_bf16(device, amp))
     if detections is not None:
         try:
             Path(detections).write_text(json.dumps(results))

@@ -22,8 +22,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed); full precision on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+AMP_MODES = ("auto", "bf16", "off")
+
+
+def use_bf16(device: torch.device, amp: str = "auto") -> bool:
+    """auto: bf16 on CUDA, and on CPUs with bf16 matrix units (AMX / AVX512-BF16), where it
+    halves the step time; off: full float32 everywhere."""
+    if amp not in AMP_MODES:
+        raise LadError(f"unknown --amp {amp!r}: use {', '.join(AMP_MODES)}")
+    if amp == "off":
+        return False
+    if amp == "bf16" or device.type == "cuda":
+        return True
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast (no loss scaling needed) or full precision; losses are computed in float32."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

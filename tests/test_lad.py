@@ -14,6 +14,7 @@ from lad_cli.data.coco import load_split, locate_split
 from lad_cli.data.dataset import Collate, DetectionDataset
 from lad_cli.data.sampler import ViewBatchSampler
 from lad_cli.data.views import parse_views
+from lad_cli.runtime import use_bf16
 from lad_cli.train.checkpoint import load_checkpoint
 from tests.conftest import TINY
 
@@ -64,7 +65,7 @@ def test_cache_holds_exactly_the_online_assignment(cache, teacher, synth_data):
     with the images batched differently (the training sampler's batches)."""
     store = AssignmentCache.open(cache)
     split = load_split(*locate_split(synth_data, "train"))
-    online = Teacher(teacher, torch.device("cpu"))
+    online = Teacher(teacher, torch.device("cpu"), use_bf16(torch.device("cpu")))  # as `lad assign` ran it
     views = parse_views("orig,flip", online.checkpoint["size"], online.checkpoint["max_size"])
     dataset = DetectionDataset(split, views, 128)
     counts = anchor_counts(store.padded_hw(), online.model.config.layout)

@@ -13,7 +13,7 @@ from ..data.views import View, parse_views
 from ..errors import LadError
 from ..model.anchors import AnchorLayout
 from ..progress import progress_bar
-from ..runtime import resolve_device
+from ..runtime import resolve_device, use_bf16
 from .paa import PAAParams, candidates
 from .teacher import Teacher
 
@@ -21,7 +21,8 @@ from .teacher import Teacher
 def provenance_for(teacher: Teacher, split, views, params: PAAParams) -> Provenance:
     return Provenance(teacher_sha256=file_sha256(teacher.path), annotations_sha256=split.sha256,
                       views=[v.to_dict() for v in views], anchor_layout=teacher.model.config.layout.to_dict(),
-                      assigner=params.to_dict(), categories=split.categories)
+                      assigner={**params.to_dict(), "teacher_precision": "bf16" if teacher.bf16 else "float32"},
+                      categories=split.categories)
 
 
 def open_or_create(out: Path, provenance: Provenance, image_ids, padded, max_anchors, shard_entries, resume, overwrite):
@@ -41,9 +42,9 @@ def open_or_create(out: Path, provenance: Provenance, image_ids, padded, max_anc
 
 def run_assign(teacher_path: Path, data, split_name: str, ann, images, out: Path | None, views_spec: str, batch: int,
                device_name: str, workers: int, resume: bool = False, overwrite: bool = False,
-               shard_entries: int = 4096, rank: int = 0, world: int = 1) -> dict:
+               shard_entries: int = 4096, rank: int = 0, world: int = 1, amp: str = "auto") -> dict:
     device = resolve_device(device_name)
-    teacher = Teacher(teacher_path, device)
+    teacher = Teacher(teacher_path, device, use_bf16(device, amp))
     split = load_split(*locate_split(data, split_name, ann, images))
     if [c["id"] for c in teacher.categories] != [c["id"] for c in split.categories]:
         raise LadError(f"{teacher_path}: teacher was trained on other categories than {split.ann_file}")

@@ -21,13 +21,14 @@ class Teacher:
     what `lad assign --cache` stores and what online LAD recomputes, bit for bit.
     """
 
-    def __init__(self, path: Path, device: torch.device):
+    def __init__(self, path: Path, device: torch.device, bf16: bool = False):
         self.path = Path(path)
         self.checkpoint = load_checkpoint(path)
         self.model = build_detector(self.checkpoint, self.path).to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.device = device
+        self.bf16 = bf16
 
     @property
     def categories(self) -> list[dict]:
@@ -44,7 +45,7 @@ class Teacher:
         self.model.eval()  # a training loop's .train() on its modules must never reach the teacher
         parts = []
         for image in images.split(1):
-            with autocast(self.device):
+            with autocast(self.device, self.bf16):
                 parts.append(self.model(image))
         return Predictions(*(torch.cat([getattr(p, f) for p in parts]).float() for f in ("cls_logits", "box_deltas", "iou_logits")))
 

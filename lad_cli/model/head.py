@@ -17,9 +17,10 @@ class Scale(nn.Module):
 
 
 def _tower(width: int, depth: int) -> nn.Sequential:
+    # 8 channels per GroupNorm group, as GN(32) on the reference's 256 channels.
     layers: list[nn.Module] = []
     for _ in range(depth):
-        layers += [nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(min(32, width // 2), width), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(max(1, min(32, width // 8)), width), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

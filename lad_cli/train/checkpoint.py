@@ -7,6 +7,7 @@ import torch
 
 from ..data.coco import CocoSplit
 from ..errors import LadError
+from ..model.anchors import AnchorLayout
 from ..model.backbone import load_backbone_weights
 from ..model.detector import DetectorConfig, PAADetector
 
@@ -53,9 +54,10 @@ def build_detector(ckpt: dict, path: Path) -> PAADetector:
     return model
 
 
-def new_detector(arch: str, num_classes: int, width: int, head_depth: int, weights: str | None) -> PAADetector:
+def new_detector(arch: str, num_classes: int, width: int, head_depth: int, weights: str | None,
+                 anchor_scale: int = 8) -> PAADetector:
     """A fresh detector; with backbone weights, its stem is frozen and BatchNorm fixed."""
-    net = PAADetector(DetectorConfig(arch, num_classes, width, head_depth))
+    net = PAADetector(DetectorConfig(arch, num_classes, width, head_depth, AnchorLayout(octave_base_scale=anchor_scale)))
     if weights:
         load_backbone_weights(net.backbone, arch, weights)
         net.backbone.freeze_stem()

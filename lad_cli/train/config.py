@@ -14,6 +14,7 @@ class TrainConfig:
     weights: str | None = None
     width: int = 256
     head_depth: int = 4
+    anchor_scale: int = 8  # anchor side = anchor_scale x stride (8 = paper)
     size: int = 800
     max_size: int = 1333
     views: str = "orig,flip"
@@ -28,6 +29,7 @@ class TrainConfig:
     box_weighting: str | None = None  # None: "iou" for own assignments, "mean" for LAD
     seed: int = 0
     device: str = "auto"
+    amp: str = "auto"  # bf16 autocast: auto (CUDA, or a CPU with bf16 units), bf16, off
     workers: int = 0
     log_every: int = 20
     save_every: int = 0  # also save last.pt every N iterations (0: at epoch ends only)

@@ -13,7 +13,7 @@ from ..errors import LadError
 from ..evaluate import coco_metrics, predict
 from ..losses import LossWeights, detection_loss
 from ..progress import progress_bar
-from ..runtime import autocast, console, resolve_device
+from ..runtime import autocast, console, resolve_device, use_bf16
 from . import run_dir
 from .checkpoint import load_checkpoint, model_checkpoint, new_detector, save_atomic
 from .config import TrainConfig
@@ -44,13 +44,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         ckpt = load_checkpoint(out / "last.pt")
         cfg = TrainConfig.from_dict({**ckpt["train_config"], "device": cfg.device, "workers": cfg.workers})
     device = resolve_device(cfg.device)
+    bf16 = use_bf16(device, cfg.amp)
     train_split, val_split = load_data(cfg)
     if not resume:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     torch.manual_seed(cfg.seed)
-    nets = {"student": new_detector(cfg.arch, len(train_split.categories), cfg.width, cfg.head_depth, cfg.weights)}
-    source = build_source(cfg, nets, train_split, device)
+    nets = {"student": new_detector(cfg.arch, len(train_split.categories), cfg.width, cfg.head_depth, cfg.weights,
+                                    cfg.anchor_scale)}
+    source = build_source(cfg, nets, train_split, device, bf16)
     for net in nets.values():
         net.to(device)
     params = [p for net in nets.values() for p in net.parameters() if p.requires_grad]
@@ -92,7 +94,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             for batch in loader:
                 lr = cfg.lr_at(state["iteration"], epoch)
                 instances = int(batch.targets.valid.sum())
-                logged = train_step(nets, source, batch.to(device), optimizer, params, weights, cfg.clip, lr, device)
+                logged = train_step(nets, source, batch.to(device), optimizer, params, weights, cfg.clip, lr, device, bf16)
                 state["iteration"] += 1
                 state["batch_in_epoch"] += 1
                 if state["iteration"] % cfg.log_every == 0 or state["iteration"] == total:
@@ -105,7 +107,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                     save("last.pt")
             state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
             if val_split is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                state["val"] = validate(nets, val_split, cfg, device, state, metrics)
+                state["val"] = validate(nets, val_split, cfg, device, bf16, state, metrics)
             save("last.pt")
             ap = state["val"]["AP"] if state["val"] else float(epoch)
             if ap is not None and ap > state["best_ap"]:
@@ -116,11 +118,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             "best_AP": state["best_ap"] if val_split is not None else None}
 
 
-def train_step(nets, source, batch, optimizer, params, weights, clip, lr, device) -> dict[str, torch.Tensor]:
+def train_step(nets, source, batch, optimizer, params, weights, clip, lr, device, bf16) -> dict[str, torch.Tensor]:
     """One iteration; returns detached scalars (no host sync here: the caller logs)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with autocast(device):
+    with autocast(device, bf16):
         preds = {name: net(batch.images) for name, net in nets.items()}
     anchors, counts = nets["student"].anchors(batch.padded_hw, device)
     assigned = source(batch, preds, anchors, counts)
@@ -138,13 +140,13 @@ def train_step(nets, source, batch, optimizer, params, weights, clip, lr, device
     return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, **assigned.stats}
 
 
-def validate(nets, split: CocoSplit, cfg: TrainConfig, device, state: dict, metrics: run_dir.MetricsLog) -> dict:
+def validate(nets, split: CocoSplit, cfg: TrainConfig, device, bf16: bool, state: dict, metrics: run_dir.MetricsLog) -> dict:
     """COCO metrics of every network on the val split; logs one record per network."""
     view = View("orig", cfg.size, cfg.max_size, False)
     result = {}
     for name, net in nets.items():
         start = time.perf_counter()
-        m = coco_metrics(split, predict(net, split, view, cfg.batch, device, cfg.workers))
+        m = coco_metrics(split, predict(net, split, view, cfg.batch, device, cfg.workers, bf16=bf16))
         record = {"epoch": state["epoch"], "iteration": state["iteration"],
                   **({} if name == "student" else {"network": name}),
                   **{k: v for k, v in m.items() if k != "per_class"}, "eval_seconds": round(time.perf_counter() - start, 2)}

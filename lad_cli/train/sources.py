@@ -139,7 +139,7 @@ class CoLearning:
         return SourceOutput(matched, stats={"student_teaches": share})
 
 
-def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device):
+def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device, bf16: bool):
     """The assignment source a config asks for; co-learning adds its peer to `nets`."""
     chosen = [name for name, on in (("--cache", cfg.cache), ("--teacher", cfg.teacher), ("--colearn", cfg.colearn)) if on]
     if len(chosen) > 1:
@@ -153,7 +153,7 @@ def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device):
     if cfg.cache:
         return CachedAssignment(Path(cfg.cache), split, student.config.layout, cfg.allow_partial)
     if cfg.teacher:
-        teacher = Teacher(Path(cfg.teacher), device)
+        teacher = Teacher(Path(cfg.teacher), device, bf16)
         teacher.check_compatible(student, split.categories)
         soft = None if cfg.soft_label_weight is None else SoftLabelWeights(cls=cfg.soft_label_weight, gamma=cfg.soft_label_gamma)
         return TeacherAssignment(teacher, soft)
@@ -166,7 +166,8 @@ def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device):
             if peer.config.layout != student.config.layout or peer.config.num_classes != student.config.num_classes:
                 raise LadError(f"{cfg.peer_init}: peer has another anchor layout or class count than the student")
         else:
-            peer = new_detector(cfg.peer_arch or cfg.arch, student.config.num_classes, cfg.width, cfg.head_depth, cfg.weights)
+            peer = new_detector(cfg.peer_arch or cfg.arch, student.config.num_classes, cfg.width, cfg.head_depth, cfg.weights,
+                                cfg.anchor_scale)
         nets["peer"] = peer
         return CoLearning(cfg.switch)
     return OwnAssignment()
