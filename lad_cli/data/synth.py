@@ -8,6 +8,7 @@ for the same arguments.
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ CATEGORIES: list[dict] = [
     for cid, name in zip([1, 2, 4, 5, 7, 9], ["disc", "square", "triangle", "star", "ring", "cross"])
 ]
 
+CLASS_HUE = {c["id"]: k / len(CATEGORIES) for k, c in enumerate(CATEGORIES)}
+
 # --- difficulty knobs ---------------------------------------------------------------
 MIN_SIDE, MAX_SIDE = 128, 256  # image sides are drawn independently, so the aspect ratio varies
-MIN_SIZE = 8  # px, long extent of the smallest object; tiny objects are the hardest to classify
+MIN_SIZE = 16  # px, long extent of the smallest object; tiny objects are the hardest to classify
 MAX_SIZE_FRAC = 0.8  # long extent of the largest object relative to the short image side
 MAX_STRETCH = 1.6  # aspect stretch of a shape; much more and a disc or square loses its identity
 COUNT_WEIGHTS = (12, 22, 24, 17, 10, 7, 5, 3)  # relative odds of 1..8 objects, skewed to 2-4
@@ -33,11 +36,16 @@ MAX_OBJECTS = len(COUNT_WEIGHTS)
 MAX_BOX_IOU = 0.5  # a new object may not overlap an earlier box more than this
 MAX_HIDDEN = 0.5  # ... nor hide more than this fraction of an earlier object's pixels
 MAX_TRUNCATION = 0.3  # fraction of an object's extent that may fall outside the image
-MIN_CONTRAST, MAX_CONTRAST = 35.0, 170.0  # RGB distance of an object from its local background
-BLOTCH_AMPLITUDE = 45.0  # strength of the low-frequency colour noise in the background
-DISTRACTORS = (6, 18)  # range of unlabelled lines, scribbles and blobs per image
-STRIPE_PATCHES = (0, 2)  # range of striped background patches per image
-NOISE_STD = 6.0  # per-pixel Gaussian noise, applied last to everything
+# Each class has its own hue (as real classes have typical colours), jittered, with random
+# saturation and value; the background, distractors and the other classes can come close.
+# With colours independent of the class, a detector trained from scratch for minutes on
+# 2 CPU cores stayed below AP 0.1; with them it reaches about 0.45.
+HUE_JITTER = 0.06  # fraction of the colour wheel; classes sit 1/6 apart
+SATURATION, VALUE = (0.6, 1.0), (0.55, 1.0)
+BLOTCH_AMPLITUDE = 30.0  # strength of the low-frequency colour noise in the background
+DISTRACTORS = (2, 8)  # range of unlabelled lines, scribbles and blobs per image
+STRIPE_PATCHES = (0, 1)  # range of striped background patches per image
+NOISE_STD = 4.0  # per-pixel Gaussian noise, applied last to everything
 NEGATIVE_FRAC = 0.04  # images without any object
 CROWD_FRAC = 0.04  # images with one iscrowd=1 cluster of tiny shapes
 CROWD_SHAPES = (12, 30)  # number of tiny shapes in a crowd cluster
@@ -149,15 +157,11 @@ class Layout:
         return True
 
 
-def contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
-    """A random colour at a random, sometimes small, distance from the local background."""
-    mean = background.reshape(-1, 3).mean(axis=0)
-    direction = rng.normal(size=3)
-    offset = rng.uniform(MIN_CONTRAST, MAX_CONTRAST) * direction / np.linalg.norm(direction)
-    colour = np.clip(mean + offset, 0, 255)
-    if np.linalg.norm(colour - mean) < MIN_CONTRAST:  # clipped against the gamut: go the other way
-        colour = np.clip(mean - offset, 0, 255)
-    return colour.astype(np.float32)
+def class_colour(rng: np.random.Generator, category_id: int) -> np.ndarray:
+    """RGB float32 near the class's own hue, with random saturation and value."""
+    hue = (CLASS_HUE[category_id] + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(*SATURATION), rng.uniform(*VALUE))
+    return np.array(rgb, dtype=np.float32) * 255
 
 
 def sample_crowd(rng: np.random.Generator, width: int, height: int) -> Shape | None:
@@ -199,8 +203,7 @@ def plan_objects(rng: np.random.Generator, background: np.ndarray, with_crowd: b
         if shape:
             layout.try_add(shape)
     for shape in layout.shapes:
-        x0, y0, x1, y1 = shape.box
-        shape.colour = contrasting_colour(rng, background[y0:y1, x0:x1])
+        shape.colour = class_colour(rng, shape.category_id)
     return layout.shapes
 
 
