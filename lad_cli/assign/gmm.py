@@ -16,6 +16,7 @@ from torch import Tensor
 
 _LOG_2PI = math.log(2 * math.pi)
 _EPS64 = torch.finfo(torch.float64).eps
+_BLOCK = 4
 
 
 @dataclass
@@ -60,36 +61,51 @@ def fit_two_gaussians(
     hi = torch.where(valid, costs.float(), -big).amax(-1).double()
 
     b = costs.shape[0]
-    means = torch.stack([lo, hi], -1)
-    weights = torch.full((b, 2), 0.5, dtype=torch.float64, device=costs.device)
-    prec_chol = torch.ones((b, 2), dtype=torch.float64, device=costs.device)
-    lower = torch.full((b,), -math.inf, dtype=torch.float64, device=costs.device)
-    active = valid.any(-1)
-    iterations = torch.zeros(b, dtype=torch.int64, device=costs.device)
+    state = {
+        "weights": torch.full((b, 2), 0.5, dtype=torch.float64, device=costs.device),
+        "means": torch.stack([lo, hi], -1),
+        "prec_chol": torch.ones((b, 2), dtype=torch.float64, device=costs.device),
+        "lower": torch.full((b,), -math.inf, dtype=torch.float64, device=costs.device),
+        "iterations": torch.zeros(b, dtype=torch.int64, device=costs.device),
+    }
+    rows = torch.nonzero(valid.any(-1)).flatten()
+    step = 0
+    # Blocks of a few EM steps on the rows still running: most GTs converge in a handful
+    # of steps, and one host sync per block (not per step) finds the stragglers.
+    while step < max_iter and len(rows):
+        sub = {k: v[rows] for k, v in state.items()}
+        active = torch.ones(len(rows), dtype=torch.bool, device=costs.device)
+        for _ in range(min(_BLOCK, max_iter - step)):
+            active = _em_step(sub, active, x[rows], x_sq[rows], mask[rows], count[rows], tol, reg_covar)
+            step += 1
+        for k, v in sub.items():
+            state[k][rows] = v
+        rows = rows[active]
+    return Mixture(state["weights"], state["means"], 1.0 / state["prec_chol"] ** 2, state["iterations"])
 
-    for step in range(max_iter):
-        wlp = _weighted_log_prob(x, x_sq, weights, means, prec_chol)
-        log_norm = torch.logsumexp(wlp, -1)
-        resp = (wlp - log_norm[..., None]).exp() * mask[..., None]
-        new_lower = (log_norm * mask).sum(-1) / count
 
-        nk = resp.sum(1) + 10 * _EPS64
-        new_means = (resp * x[..., None]).sum(1) / nk
-        var = (resp * x_sq[..., None]).sum(1) / nk - new_means**2 + reg_covar
-        var = torch.where(var > 0, var, torch.full_like(var, reg_covar))
+def _em_step(p: dict, active: Tensor, x: Tensor, x_sq: Tensor, mask: Tensor, count: Tensor, tol: float,
+             reg_covar: float) -> Tensor:
+    """One E and M step, in place on the parameters of the rows still `active`; returns the
+    rows still active after it (sklearn stops a fit when its lower bound moves by < tol)."""
+    wlp = _weighted_log_prob(x, x_sq, p["weights"], p["means"], p["prec_chol"])
+    log_norm = torch.logsumexp(wlp, -1)
+    resp = (wlp - log_norm[..., None]).exp() * mask[..., None]
+    new_lower = (log_norm * mask).sum(-1) / count
 
-        keep = active[:, None]
-        weights = torch.where(keep, nk / nk.sum(-1, keepdim=True), weights)
-        means = torch.where(keep, new_means, means)
-        prec_chol = torch.where(keep, 1.0 / var.sqrt(), prec_chol)
-        iterations = iterations + active.long()
-        converged = (new_lower - lower).abs() < tol
-        lower = torch.where(active, new_lower, lower)
-        active = active & ~converged
-        # One host sync every few steps, not every step: rows stop on their own anyway.
-        if step % 4 == 3 and not bool(active.any()):
-            break
-    return Mixture(weights, means, 1.0 / prec_chol**2, iterations)
+    nk = resp.sum(1) + 10 * _EPS64
+    new_means = (resp * x[..., None]).sum(1) / nk
+    var = (resp * x_sq[..., None]).sum(1) / nk - new_means**2 + reg_covar
+    var = torch.where(var > 0, var, torch.full_like(var, reg_covar))
+
+    keep = active[:, None]
+    p["weights"] = torch.where(keep, nk / nk.sum(-1, keepdim=True), p["weights"])
+    p["means"] = torch.where(keep, new_means, p["means"])
+    p["prec_chol"] = torch.where(keep, 1.0 / var.sqrt(), p["prec_chol"])
+    p["iterations"] = p["iterations"] + active.long()
+    converged = (new_lower - p["lower"]).abs() < tol
+    p["lower"] = torch.where(active, new_lower, p["lower"])
+    return active & ~converged
 
 
 def split_low_component(costs: Tensor, valid: Tensor, mixture: Mixture) -> Tensor:

@@ -62,38 +62,55 @@ def candidate_costs(
     """PAA cost of each anchor for its candidate GT; +inf where it is no candidate.
 
     anchors (A, 4), cls_logits (N, A, C), box_deltas (N, A, 4), cand (N, A) -> (N, A) float32.
-    Cost = focal loss summed over classes + 1.3 x GIoU loss of the decoded box.
+    Cost = focal loss summed over classes + 1.3 x GIoU loss of the decoded box. Computed on
+    the candidates only (a few percent of the anchors).
     """
-    gt = cand.clamp(min=0)
-    gt_boxes = torch.gather(targets.boxes.float(), 1, gt[..., None].expand(-1, -1, 4))
-    gt_labels = torch.gather(targets.labels, 1, gt)
-    onehot = torch.nn.functional.one_hot(gt_labels, cls_logits.shape[-1]).float()
-    cls_cost = sigmoid_focal_loss(cls_logits.float(), onehot, params.focal_alpha, params.focal_gamma).sum(-1)
-    boxes = coder.decode(anchors, box_deltas.float())
-    box_cost = generalized_box_iou_loss(boxes, gt_boxes, reduction="none")
-    cost = cls_cost + params.box_cost_weight * box_cost
-    return torch.where(cand >= 0, cost, torch.inf)
+    img, anc = (cand >= 0).nonzero(as_tuple=True)
+    gt = cand[img, anc]
+    onehot = torch.nn.functional.one_hot(targets.labels[img, gt], cls_logits.shape[-1]).float()
+    cls_cost = sigmoid_focal_loss(cls_logits[img, anc].float(), onehot, params.focal_alpha, params.focal_gamma).sum(-1)
+    boxes = coder.decode(anchors[anc], box_deltas[img, anc].float())
+    box_cost = generalized_box_iou_loss(boxes, targets.boxes[img, gt].float(), reduction="none")
+    cost = torch.full(cand.shape, torch.inf, device=cand.device)
+    cost[img, anc] = cls_cost + params.box_cost_weight * box_cost
+    return cost
+
+
+def _group_sort(group: Tensor, cost: Tensor) -> tuple[Tensor, Tensor]:
+    """The order sorting by (group, cost), ties kept in input order, and each element's rank
+    within its group in that order. group, cost: (K,) -> (K,) int64, (K,) int64."""
+    order = torch.sort(cost, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]
+    g = group[order]
+    position = torch.arange(len(g), device=g.device)
+    starts = torch.ones_like(g, dtype=torch.bool)
+    starts[1:] = g[1:] != g[:-1]
+    return order, position - torch.cummax(torch.where(starts, position, 0), 0).values
 
 
 def pooled_topk(cost: Tensor, cand: Tensor, num_per_level: list[int], num_gts: int, topk: int) -> tuple[Tensor, Tensor]:
     """Per GT and level the `topk` cheapest candidates, pooled and sorted by cost.
 
     cost, cand: (N, A) -> costs (N, M, K) float32 (+inf in empty slots, which come
-    last) and anchor indices (N, M, K) int64. Ties go to the lower anchor index.
+    last) and anchor indices (N, M, K) int64, K = levels x topk. Ties go to the lower
+    anchor index. Works on the candidate list (sorts of a few thousand entries), not on
+    dense (N, M, A) matrices.
     """
-    gt_index = torch.arange(num_gts, device=cost.device)[None, :, None]
-    pooled_cost, pooled_idx, start = [], [], 0
-    for count in num_per_level:
-        level_cost = cost[:, None, start:start + count]
-        level_cand = cand[:, None, start:start + count]
-        per_gt = torch.where(level_cand == gt_index, level_cost, torch.inf)
-        values, order = per_gt.sort(dim=-1, stable=True)
-        pooled_cost.append(values[..., :topk])
-        pooled_idx.append(order[..., :topk] + start)
-        start += count
-    costs = torch.cat(pooled_cost, -1)
-    costs, order = costs.sort(dim=-1, stable=True)
-    return costs, torch.gather(torch.cat(pooled_idx, -1), -1, order)
+    n, levels = cand.shape[0], len(num_per_level)
+    level_of = torch.repeat_interleave(torch.arange(levels, device=cand.device),
+                                       torch.tensor(num_per_level, device=cand.device))
+    img, anc = (cand >= 0).nonzero(as_tuple=True)  # row-major: ties stay in anchor order
+    gt, c = cand[img, anc], cost[img, anc]
+    order, rank = _group_sort((img * num_gts + gt) * levels + level_of[anc], c)
+    keep = order[rank < topk]
+    img, anc, gt, c = img[keep], anc[keep], gt[keep], c[keep]
+    order, slot = _group_sort(img * num_gts + gt, c)
+    row = (img * num_gts + gt)[order]
+    costs = torch.full((n * num_gts, levels * topk), torch.inf, device=cand.device)
+    idx = torch.zeros((n * num_gts, levels * topk), dtype=torch.int64, device=cand.device)
+    costs[row, slot] = c[order]
+    idx[row, slot] = anc[order]
+    return costs.view(n, num_gts, -1), idx.view(n, num_gts, -1)
 
 
 def assign_from_costs(
