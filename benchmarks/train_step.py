@@ -1,7 +1,7 @@
 """Training-step throughput: our PAA detector vs torchvision's RetinaNet, same backbone depth,
 FPN width, input size and batch, in one run.
 
-    python -m benchmarks.train_step [--arch resnet18] [--size 320] [--batch 2] [--iters 6] [--device cpu]
+    python -m benchmarks.train_step [--arch resnet18] [--size 384] [--batch 2] [--iters 6] [--device cpu]
 
 Prints one JSON object with images/s of each and the ratio (ours / RetinaNet).
 """
@@ -50,7 +50,7 @@ def time_steps(step, iters, device):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="resnet18")
-    p.add_argument("--size", type=int, default=320)
+    p.add_argument("--size", type=int, default=384)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--classes", type=int, default=80)
@@ -96,7 +96,7 @@ def main() -> None:
     ours_s = time_steps(ours_step, args.iters, device)
     retina_s = time_steps(retina_step, args.iters, device)
     print(json.dumps({
-        "arch": args.arch, "size": args.size, "batch": args.batch, "fpn_width": args.width, "device": str(device),
+        "arch": args.arch, "size": args.size, "batch": args.batch, "fpn_width": args.width, "device": str(device), "amp": "bf16",
         "paa_images_per_s": round(args.batch / ours_s, 2), "retinanet_images_per_s": round(args.batch / retina_s, 2),
         "ratio": round(retina_s / ours_s, 2),
     }))
