@@ -56,7 +56,7 @@ def coco_sized(entries: int, shard_entries: int) -> dict:
             r = cache.shard_range(shard)
             rows = np.stack([synthetic_assignment(rng, layout, hw) for _ in r])
             positives += int((rows >= 0).sum())
-            cache.write_shard(shard, rows, counts[: len(r)])
+            cache.write_shard(shard, rows, counts[: len(r)], np.tile(hw, (len(r), 1)))
         seconds = time.perf_counter() - start
         size, files = cache.bytes_on_disk()
     return {"input": "1333x800", "anchors": anchors, "entries": entries, "positives_per_entry": round(positives / entries, 1),

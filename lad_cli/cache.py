@@ -5,12 +5,13 @@ Layout (E = images x views entries, entry e = image_index * V + view_id):
                                 with -32768 past the entry's own anchor count; one chunk per
                                 entry, `shard_entries` entries per shard file, zstd+bitshuffle
                                 (a few hundred positives among ~20k anchors compress to ~1 KiB)
-  crc32      (E,) uint32        checksum of the entry's int16 bytes
-  done       (E,) uint8         1 once the entry's data and checksum are on disk (written last)
-  padded_hw  (E, 2) int32       padded input shape of each entry
-  image_ids  (I,) int64         COCO image ids in annotation-file order
-Attributes hold the provenance. A shard is written whole, by one process, data first and
-`done` last, so a kill leaves the shard's entries not done and never half-labelled.
+  entries    (E, 4) int64       per entry: crc32 of its int16 values, done flag (1 once data and
+                                checksum are on disk), padded height, padded width; one chunk
+                                per shard
+Attributes hold the provenance and the COCO image ids (annotation-file order). A shard is
+written whole, by one process, `matched` first and its `entries` rows (checksum and done
+flag together) last, so a kill leaves the shard's entries not done, never half-labelled.
+Per shard two files, plus three metadata files in all.
 """
 import hashlib
 import zlib
@@ -26,6 +27,7 @@ from .errors import LadError
 FORMAT = "lad-cache"
 FORMAT_VERSION = 1
 PAD = -32768
+CRC, DONE, HEIGHT, WIDTH = range(4)  # columns of `entries`
 # A reader keeps one decoded shard in memory when it is at most this big: decoding a shard
 # at once costs a fifth of decoding its chunks one by one, and small stores then read free.
 SLAB_BYTES = 64 << 20
@@ -104,14 +106,14 @@ class AssignmentCache:
         except OSError as exc:
             raise LadError(f"{path}: cannot create the cache ({exc.strerror})") from None
         group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "num_images": len(image_ids),
-                            "shard_entries": shard, "max_anchors": max_anchors, **_plain(provenance.__dict__)})
+                            "image_ids": [int(i) for i in image_ids], "shard_entries": shard,
+                            "max_anchors": max_anchors, **_plain(provenance.__dict__)})
         group.create_array("matched", shape=(entries, max_anchors), dtype="int16", chunks=(1, max_anchors),
                            shards=(shard, max_anchors), fill_value=PAD,
                            compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
-        group.create_array("crc32", shape=(entries,), dtype="uint32", chunks=(shard,), fill_value=0)
-        group.create_array("done", shape=(entries,), dtype="uint8", chunks=(shard,), fill_value=0)
-        group.create_array("padded_hw", shape=(entries, 2), dtype="int32", chunks=(entries, 2))[:] = padded_hw
-        group.create_array("image_ids", shape=(len(image_ids),), dtype="int64", chunks=(max(1, len(image_ids)),))[:] = image_ids
+        table = np.zeros((entries, 4), np.int64)
+        table[:, [HEIGHT, WIDTH]] = padded_hw
+        group.create_array("entries", shape=(entries, 4), dtype="int64", chunks=(shard, 4), fill_value=0)[:] = table
         return AssignmentCache(path, group)
 
     @staticmethod
@@ -138,36 +140,44 @@ class AssignmentCache:
 
     def done(self) -> np.ndarray:
         """(E,) bool. A shard whose flag file cannot be read counts as not done."""
-        flags = np.zeros(self.num_entries, bool)
+        return self.table()[:, DONE] == 1
+
+    def table(self) -> np.ndarray:
+        """(E, 4) int64 `entries`; a shard whose rows cannot be read counts as not done."""
+        rows = np.zeros((self.num_entries, 4), np.int64)
         for shard in range(self.num_shards):
             r = self.shard_range(shard)
             try:
-                flags[r.start:r.stop] = self.group["done"][r.start:r.stop] == 1
-            except Exception:  # a kill during the flag write: the shard is redone
+                rows[r.start:r.stop] = self.group["entries"][r.start:r.stop]
+            except Exception:  # a kill while this shard's rows were written: the shard is redone
                 pass
-        return flags
+        return rows
 
     def padded_hw(self) -> np.ndarray:
-        return self.group["padded_hw"][:]
+        """(E, 2) padded input shape of each entry, as written at creation."""
+        return self.table()[:, [HEIGHT, WIDTH]]
 
     def image_ids(self) -> np.ndarray:
-        return self.group["image_ids"][:]
+        return np.asarray(self.attrs["image_ids"], dtype=np.int64)
 
-    def write_shard(self, shard: int, matched: np.ndarray, counts: np.ndarray) -> None:
-        """matched: (entries of the shard, A_max) int16, PAD past each entry's `counts`."""
+    def write_shard(self, shard: int, matched: np.ndarray, counts: np.ndarray, padded: np.ndarray) -> None:
+        """matched: (entries of the shard, A_max) int16, PAD past each entry's `counts`;
+        padded: (entries of the shard, 2) their padded shapes."""
         r = self.shard_range(shard)
-        crcs = np.array([entry_crc(m[:c]) for m, c in zip(matched, counts)], dtype=np.uint32)
+        rows = np.zeros((len(r), 4), np.int64)
+        rows[:, CRC] = [entry_crc(m[:c]) for m, c in zip(matched, counts)]
+        rows[:, DONE] = 1
+        rows[:, [HEIGHT, WIDTH]] = padded
         try:
             self._matched[r.start:r.stop] = matched
-            self.group["crc32"][r.start:r.stop] = crcs
-            self.group["done"][r.start:r.stop] = 1
+            self.group["entries"][r.start:r.stop] = rows
         except OSError as exc:
             raise LadError(f"{self.path}: cannot write shard {shard} ({exc.strerror}); finished shards are kept") from None
 
     def read(self, e: int, num_anchors: int) -> np.ndarray:
         """The assignment of entry e as (num_anchors,) int64, checksum-verified."""
         if self._crc is None:
-            self._crc = self.group["crc32"][:]
+            self._crc = self.table()[:, CRC]
         shard = e // self.shard_entries
         try:
             if self.shard_entries * self.attrs["max_anchors"] * 2 <= SLAB_BYTES:
@@ -249,7 +259,7 @@ def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndar
         raise LadError(f"{where}: entry {bad[0]}: padded shape {tuple(padded[bad[0]])} does not match the view, "
                        f"expected {tuple(expected_padded[bad[0]])}")
     counts = anchor_counts(padded, layout)
-    crcs = cache.group["crc32"][:]
+    crcs = cache.table()[:, CRC]
     num_gts = [len(r.boxes) for r in split.images]
     for r, slab in cache.slabs():
         for e, row in zip(r, slab):

@@ -92,7 +92,7 @@ def run_assign(teacher_path: Path, data, split_name: str, ann, images, out: Path
                 for e, m in zip(entries, matched.numpy()):
                     rows[e - r.start, : counts[e]] = m
                 if last_of_shard[i]:
-                    cache.write_shard(shard_of[entries[0]], rows, counts[r.start:r.stop])
+                    cache.write_shard(shard_of[entries[0]], rows, counts[r.start:r.stop], padded[r.start:r.stop])
                     rows = None
             done_count = bar.tasks[0].completed + len(entries)
             bar.update(task, advance=len(entries), info=f"{done_count / max(time.perf_counter() - start, 1e-9):.1f} img/s")
