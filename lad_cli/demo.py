@@ -16,7 +16,7 @@ from .train.config import TrainConfig
 from .train.loop import train
 
 # The CPU preset: a narrow ResNet-18 PAA at a small input size, anchors sized for it.
-DATA = {"train": 600, "val": 150, "seed": 0}
+DATA = {"train": 500, "val": 150, "seed": 0}
 MODEL = {"arch": "resnet18", "width": 64, "head_depth": 2, "size": 160, "max_size": 256, "anchor_scale": 4}
 SCHEDULE = {"batch": 8, "lr": 0.02, "warmup": 50, "log_every": 10, "workers": 0, "device": "auto"}
 TEACHER_EPOCHS = 10

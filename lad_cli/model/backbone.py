@@ -100,7 +100,10 @@ def load_backbone_weights(backbone: ResNetC3C5, arch: str, weights: str) -> None
         except Exception as exc:
             raise LadError(f"{path}: not a torch state-dict file ({type(exc).__name__})") from None
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.load_state_dict({_backbone_key(k): v for k, v in state.items()}, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict({_backbone_key(k): v for k, v in state.items()}, strict=False)
+    except RuntimeError:  # shape mismatches
+        missing, unexpected = ["(tensor shapes differ)"], []
     if missing or unexpected:
         shown = (missing or unexpected)[0]
         raise LadError(f"{weights}: not a {arch} state dict (first mismatched key: {shown})")

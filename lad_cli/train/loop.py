@@ -106,12 +106,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 if cfg.save_every and state["iteration"] % cfg.save_every == 0:
                     save("last.pt")
             state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            improved = val_split is None  # without validation, the latest weights are the best known
             if val_split is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 state["val"] = validate(nets, val_split, cfg, device, bf16, state, metrics)
+                improved = (state["val"]["AP"] or 0.0) > state["best_ap"]
+                state["best_ap"] = max(state["best_ap"], state["val"]["AP"] or 0.0)
             save("last.pt")
-            ap = state["val"]["AP"] if state["val"] else float(epoch)
-            if ap is not None and ap > state["best_ap"]:
-                state["best_ap"] = ap
+            if improved:
                 save("best.pt")
     metrics.close()
     return {"run": str(out), "epochs": cfg.epochs, "iterations": state["iteration"], "val": state["val"],
@@ -143,7 +144,7 @@ def train_step(nets, source, batch, optimizer, params, weights, clip, lr, device
 def validate(nets, split: CocoSplit, cfg: TrainConfig, device, bf16: bool, state: dict, metrics: run_dir.MetricsLog) -> dict:
     """COCO metrics of every network on the val split; logs one record per network."""
     view = View("orig", cfg.size, cfg.max_size, False)
-    result = {}
+    result = None
     for name, net in nets.items():
         start = time.perf_counter()
         m = coco_metrics(split, predict(net, split, view, cfg.batch, device, cfg.workers, bf16=bf16))
@@ -152,7 +153,7 @@ def validate(nets, split: CocoSplit, cfg: TrainConfig, device, bf16: bool, state
                   **{k: v for k, v in m.items() if k != "per_class"}, "eval_seconds": round(time.perf_counter() - start, 2)}
         metrics.write(record)
         console.print(f"epoch {state['epoch']} {name}: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}")
-        result = result or m
+        result = result or m  # the student's
     return result
 
 
