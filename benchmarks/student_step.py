@@ -1,10 +1,11 @@
 """Time per training iteration of one student (ResNet-18) on the same batches, by where its
 assignment comes from: its own PAA (baseline), an online ResNet-50 teacher, or the cache.
 
-    python -m benchmarks.student_step [--iters 10] [--batch 4] [--size 160] [--device cpu]
+    python -m benchmarks.student_step [--iters 30] [--batch 4] [--size 160] [--device cpu]
 
 Each iteration is timed whole: loading the batch (and, for the cache, its assignments),
-the forward passes, the assignment, the losses and the update. Prints one JSON object.
+the forward passes, the assignment, the losses and the update. The three modes take turns
+iteration by iteration and see the same batches. Prints one JSON object.
 """
 import argparse
 import json
@@ -30,7 +31,8 @@ from lad_cli.train.loop import train_step
 from lad_cli.train.sources import build_source
 
 
-def time_mode(cfg: TrainConfig, split, device, bf16: bool, iters: int) -> float:
+def make_step(cfg: TrainConfig, split, device, bf16: bool):
+    """A closure running one whole iteration (batch loading included) of the mode `cfg` names."""
     torch.manual_seed(cfg.seed)
     nets = {"student": new_detector(cfg.arch, len(split.categories), cfg.width, cfg.head_depth, None)}
     source = build_source(cfg, nets, split, device, bf16)
@@ -43,9 +45,9 @@ def time_mode(cfg: TrainConfig, split, device, bf16: bool, iters: int) -> float:
     sampler = ViewBatchSampler(dataset.shapes(), cfg.batch, cfg.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(128))
     weights = LossWeights(box_weighting=source.box_weighting)
-    times = []
     batches = iter(loader)
-    for i in range(iters + 2):
+
+    def step() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -53,14 +55,14 @@ def time_mode(cfg: TrainConfig, split, device, bf16: bool, iters: int) -> float:
         train_step(nets, source, batch.to(device), optimizer, params, weights, 35.0, 0.001, device, bf16)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= 2:  # warm-up
-            times.append(time.perf_counter() - start)
-    return statistics.mean(times) * 1000
+        return time.perf_counter() - start
+
+    return step
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=30)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--max-size", type=int, default=256)
@@ -81,9 +83,16 @@ def main() -> None:
         save_atomic(model_checkpoint(teacher, split, cfg), tmp / "teacher.pt")
         run_assign(tmp / "teacher.pt", tmp / "data", "train", None, None, tmp / "cache.zarr", "orig,flip", args.batch,
                    args.device, 0, amp=args.amp)
-        baseline = time_mode(cfg, split, device, bf16, args.iters)
-        online = time_mode(replace(cfg, teacher=str(tmp / "teacher.pt")), split, device, bf16, args.iters)
-        cached = time_mode(replace(cfg, cache=str(tmp / "cache.zarr")), split, device, bf16, args.iters)
+        steps = {"baseline": make_step(cfg, split, device, bf16),
+                 "online": make_step(replace(cfg, teacher=str(tmp / "teacher.pt")), split, device, bf16),
+                 "cached": make_step(replace(cfg, cache=str(tmp / "cache.zarr")), split, device, bf16)}
+        times = {name: [] for name in steps}
+        for i in range(args.iters + 2):  # the modes take turns, so that a drift of the machine hits all three
+            for name, step in steps.items():
+                seconds = step()
+                if i >= 2:  # warm-up
+                    times[name].append(seconds)
+        baseline, online, cached = (statistics.mean(times[name]) * 1000 for name in ("baseline", "online", "cached"))
     print(json.dumps({
         "device": str(device), "bf16": bf16, "batch": args.batch, "size": args.size, "student": "resnet18",
         "teacher": "resnet50", "baseline_ms": round(baseline, 1), "online_ms": round(online, 1),
