@@ -114,7 +114,3 @@ class Collate:
 
     def __call__(self, samples: list[Sample]) -> Batch:
         return collate(samples, self.size_divisor)
-
-
-def image_sizes(split: CocoSplit) -> np.ndarray:
-    return np.array([(r.height, r.width) for r in split.images], dtype=np.int64).reshape(-1, 2)

@@ -42,11 +42,6 @@ class AnchorLayout:
             per_level.append(torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1).reshape(-1, 4))
         return torch.cat(per_level)
 
-    def level_of_anchor(self, padded_hw: tuple[int, int], device: torch.device | str = "cpu") -> Tensor:
-        """(A,) int64 pyramid level index (0 = P3) of each anchor."""
-        counts = torch.tensor(self.num_per_level(padded_hw), device=device)
-        return torch.repeat_interleave(torch.arange(len(self.strides), device=device), counts)
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -36,9 +36,6 @@ class Predictions:
     box_deltas: Tensor
     iou_logits: Tensor
 
-    def detach(self) -> "Predictions":
-        return Predictions(self.cls_logits.detach(), self.box_deltas.detach(), self.iou_logits.detach())
-
 
 class PAADetector(nn.Module):
     def __init__(self, config: DetectorConfig):

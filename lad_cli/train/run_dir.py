@@ -58,7 +58,3 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
