@@ -143,7 +143,8 @@ def test_assign_statistics_without_cache(teacher, synth_data):
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)
     assert stats["entries"] == 24 and stats["gts"] > 0 and stats["positives_per_gt"] > 0
-    assert sum(stats["positives_per_level"].values()) == round(stats["positives_per_gt"] * stats["gts"]) or stats["positives_per_gt"] > 0
+    per_level = sum(stats["positives_per_level"].values())
+    assert per_level > 0 and abs(per_level / stats["gts"] - stats["positives_per_gt"]) <= 0.005
 
 
 def test_colearning_trains_two_networks(synth_data, tmp_path):
