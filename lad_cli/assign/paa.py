@@ -13,7 +13,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..boxes import pairwise_iof, pairwise_iou
 from ..model import coder
-from .gmm import fit_two_gaussians, split_low_component
+from .gmm import Mixture, fit_two_gaussians, split_low_component
 from .targets import Targets
 
 BACKGROUND = -1
@@ -113,6 +113,30 @@ def pooled_topk(cost: Tensor, cand: Tensor, num_per_level: list[int], num_gts: i
     return costs.view(n, num_gts, -1), idx.view(n, num_gts, -1)
 
 
+@dataclass
+class PooledFit:
+    """Per GT slot: pooled candidate costs (N, M, K) float32, ascending, +inf in empty slots;
+    their anchor indices (N, M, K) int64; the mixture fitted to each row (N x M rows,
+    float64); which slots are positives (N, M, K) bool."""
+
+    costs: Tensor
+    anchor_idx: Tensor
+    mixture: Mixture
+    positive: Tensor
+
+
+def fit_pooled(cost: Tensor, cand: Tensor, num_per_level: list[int], num_gts: int, params: PAAParams) -> PooledFit:
+    """Pool each GT's cheapest candidates per level, fit its mixture, split off the positives."""
+    n = cand.shape[0]
+    costs, idx = pooled_topk(cost, cand, num_per_level, num_gts, params.topk)
+    valid = torch.isfinite(costs)
+    flat_costs, flat_valid = costs.reshape(n * num_gts, -1), valid.reshape(n * num_gts, -1)
+    mixture = fit_two_gaussians(flat_costs, flat_valid, params.tol, params.max_iter, params.reg_covar)
+    positive = split_low_component(flat_costs, flat_valid, mixture).reshape(n, num_gts, -1)
+    positive &= (valid.sum(-1) >= 2)[..., None]
+    return PooledFit(costs, idx, mixture, positive)
+
+
 def assign_from_costs(
     cost: Tensor, cand: Tensor, num_per_level: list[int], targets: Targets, params: PAAParams, anchors: Tensor
 ) -> Tensor:
@@ -120,12 +144,8 @@ def assign_from_costs(
     n, a = cand.shape
     m = targets.labels.shape[1]
     matched = torch.full((n, a), BACKGROUND, dtype=torch.int64, device=cand.device)
-    costs, idx = pooled_topk(cost, cand, num_per_level, m, params.topk)
-    valid = torch.isfinite(costs)
-    flat_costs, flat_valid = costs.reshape(n * m, -1), valid.reshape(n * m, -1)
-    mixture = fit_two_gaussians(flat_costs, flat_valid, params.tol, params.max_iter, params.reg_covar)
-    positive = split_low_component(flat_costs, flat_valid, mixture).reshape(n, m, -1)
-    positive &= (valid.sum(-1) >= 2)[..., None]
+    fit = fit_pooled(cost, cand, num_per_level, m, params)
+    idx, positive = fit.anchor_idx, fit.positive
     gt_of_slot = torch.arange(m, device=cand.device)[None, :, None].expand_as(idx)
     image = torch.arange(n, device=cand.device)[:, None, None].expand_as(idx)
     matched[image[positive], idx[positive]] = gt_of_slot[positive]
