@@ -11,9 +11,16 @@ Layout (E = images x views entries, entry e = image_index * V + view_id):
 Attributes hold the provenance and the COCO image ids (annotation-file order). A shard is
 written whole, by one process, `matched` first and its `entries` rows (checksum and done
 flag together) last, so a kill leaves the shard's entries not done, never half-labelled.
-Per shard two files, plus three metadata files in all.
+Per shard two files, plus three metadata files in all. zarr writes each file to a temp
+file and renames it; a new store is built in a sibling folder and renamed into place.
+
+Faults: an entry whose chunk does not decode or whose values do not match its checksum is
+a LadError naming it (image id and view), never a label. A reader treats an unreadable
+`entries` row as an error; a writer (`lad assign --resume`) recomputes that shard.
 """
 import hashlib
+import os
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +81,10 @@ def _plain(value):
 
 
 class AssignmentCache:
-    def __init__(self, path: Path, group: zarr.Group):
+    def __init__(self, path: Path, group: zarr.Group, writable: bool = False):
         self.path = Path(path)
         self.group = group
+        self.writable = writable
         attrs = dict(group.attrs)
         self.attrs = attrs
         self.num_images = attrs["num_images"]
@@ -98,23 +106,34 @@ class AssignmentCache:
     @staticmethod
     def create(path: Path, provenance: Provenance, image_ids: list[int], padded_hw: np.ndarray,
                max_anchors: int, shard_entries: int) -> "AssignmentCache":
-        """A new, empty store (every entry not done). padded_hw: (E, 2)."""
+        """A new, empty store (every entry not done), replacing what is at `path`. It is built
+        in a sibling folder and renamed into place: a kill or a full disk during creation
+        leaves no half-made store. padded_hw: (E, 2)."""
+        path = Path(path)
         entries = len(padded_hw)
         shard = max(1, min(shard_entries, entries))
+        staging = path.with_name(f".{path.name}.creating")
         try:
-            group = zarr.open_group(str(path), mode="w", zarr_format=3)
+            shutil.rmtree(staging, ignore_errors=True)
+            group = zarr.open_group(str(staging), mode="w", zarr_format=3)
+            group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "num_images": len(image_ids),
+                                "image_ids": [int(i) for i in image_ids], "shard_entries": shard,
+                                "max_anchors": max_anchors, **_plain(provenance.__dict__)})
+            group.create_array("matched", shape=(entries, max_anchors), dtype="int16", chunks=(1, max_anchors),
+                               shards=(shard, max_anchors), fill_value=PAD,
+                               compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
+            table = np.zeros((entries, 4), np.int64)
+            table[:, [HEIGHT, WIDTH]] = padded_hw
+            group.create_array("entries", shape=(entries, 4), dtype="int64", chunks=(shard, 4), fill_value=0)[:] = table
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            os.replace(staging, path)
         except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
             raise LadError(f"{path}: cannot create the cache ({exc.strerror})") from None
-        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "num_images": len(image_ids),
-                            "image_ids": [int(i) for i in image_ids], "shard_entries": shard,
-                            "max_anchors": max_anchors, **_plain(provenance.__dict__)})
-        group.create_array("matched", shape=(entries, max_anchors), dtype="int16", chunks=(1, max_anchors),
-                           shards=(shard, max_anchors), fill_value=PAD,
-                           compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
-        table = np.zeros((entries, 4), np.int64)
-        table[:, [HEIGHT, WIDTH]] = padded_hw
-        group.create_array("entries", shape=(entries, 4), dtype="int64", chunks=(shard, 4), fill_value=0)[:] = table
-        return AssignmentCache(path, group)
+        return AssignmentCache.open(path, mode="r+")
 
     @staticmethod
     def open(path: Path, mode: str = "r") -> "AssignmentCache":
@@ -130,7 +149,21 @@ class AssignmentCache:
             raise LadError(f"{path}: not an assignment cache")
         if attrs.get("format_version") != FORMAT_VERSION:
             raise LadError(f"{path}: cache format version {attrs.get('format_version')}, this lad reads {FORMAT_VERSION}")
-        return AssignmentCache(path, group)
+        try:
+            return AssignmentCache(path, group, writable=mode != "r")
+        except KeyError as exc:
+            raise LadError(f"{path}: unreadable cache ({exc} missing)") from None
+
+    def remove_partial_writes(self) -> None:
+        """Delete the temp files of writes a kill interrupted (zarr's `*.partial`); only the
+        one process that resumes the store may call this, before any shard is written."""
+        for leftover in self.path.rglob("*.partial"):
+            leftover.unlink(missing_ok=True)
+
+    def label(self, e: int) -> str:
+        """How errors name entry e: its index, COCO image id and view."""
+        image, view = divmod(e, self.num_views)
+        return f"entry {e} (image id {self.attrs['image_ids'][image]}, view {self.attrs['views'][view]['name']})"
 
     def entry(self, index: int, view_id: int) -> int:
         return index * self.num_views + view_id
@@ -139,18 +172,21 @@ class AssignmentCache:
         return range(shard * self.shard_entries, min((shard + 1) * self.shard_entries, self.num_entries))
 
     def done(self) -> np.ndarray:
-        """(E,) bool. A shard whose flag file cannot be read counts as not done."""
+        """(E,) bool."""
         return self.table()[:, DONE] == 1
 
     def table(self) -> np.ndarray:
-        """(E, 4) int64 `entries`; a shard whose rows cannot be read counts as not done."""
+        """(E, 4) int64 `entries`. A shard whose rows cannot be read is a LadError for a
+        reader; a writer counts it as not done, so that `lad assign --resume` recomputes it."""
         rows = np.zeros((self.num_entries, 4), np.int64)
         for shard in range(self.num_shards):
             r = self.shard_range(shard)
             try:
                 rows[r.start:r.stop] = self.group["entries"][r.start:r.stop]
-            except Exception:  # a kill while this shard's rows were written: the shard is redone
-                pass
+            except Exception as exc:
+                if not self.writable:
+                    raise LadError(f"{self.path}: the entry table of shard {shard} (entries {r.start}-{r.stop - 1}) is "
+                                   f"unreadable ({type(exc).__name__}); lad assign --resume recomputes it") from None
         return rows
 
     def padded_hw(self) -> np.ndarray:
@@ -169,39 +205,50 @@ class AssignmentCache:
         rows[:, DONE] = 1
         rows[:, [HEIGHT, WIDTH]] = padded
         try:
+            # zarr reads a shard file before rewriting it, and a corrupt one (the reason this shard
+            # may be recomputed) would block the write; the shard is written whole, so drop it first.
+            (self.path / "matched" / self._matched.metadata.encode_chunk_key((shard, 0))).unlink(missing_ok=True)
             self._matched[r.start:r.stop] = matched
             self.group["entries"][r.start:r.stop] = rows
         except OSError as exc:
-            raise LadError(f"{self.path}: cannot write shard {shard} ({exc.strerror}); finished shards are kept") from None
+            raise LadError(f"{self.path}: cannot write shard {shard} ({exc.strerror}); the finished shards are kept, "
+                           "lad assign --resume continues") from None
 
     def read(self, e: int, num_anchors: int) -> np.ndarray:
         """The assignment of entry e as (num_anchors,) int64, checksum-verified."""
         if self._crc is None:
             self._crc = self.table()[:, CRC]
         shard = e // self.shard_entries
-        try:
-            if self.shard_entries * self.attrs["max_anchors"] * 2 <= SLAB_BYTES:
-                if self._slab is None or self._slab[0] != shard:
-                    r = self.shard_range(shard)
-                    self._slab = (shard, self._matched[r.start:r.stop])
-                raw = self._slab[1][e - shard * self.shard_entries, :num_anchors]
-            else:
-                raw = self._matched[e, :num_anchors]
-        except Exception as exc:
-            raise LadError(f"{self.path}: entry {e} unreadable ({type(exc).__name__})") from None
+        if self.shard_entries * self.attrs["max_anchors"] * 2 <= SLAB_BYTES and (self._slab is None or self._slab[0] != shard):
+            r = self.shard_range(shard)
+            try:
+                self._slab = (shard, self._matched[r.start:r.stop])
+            except Exception:  # a chunk that does not decode: read entry by entry, so the error names it
+                self._slab = None
+        if self._slab is not None and self._slab[0] == shard:
+            raw = self._slab[1][e - shard * self.shard_entries, :num_anchors]
+        else:
+            raw = self._row(e)[:num_anchors]
         if entry_crc(raw) != int(self._crc[e]):
-            raise LadError(f"{self.path}: entry {e} is corrupt (checksum mismatch)")
+            raise LadError(f"{self.path}: {self.label(e)} is corrupt (checksum mismatch)")
         return raw.astype(np.int64)
 
+    def _row(self, e: int) -> np.ndarray:
+        try:
+            return self._matched[e]
+        except Exception as exc:
+            raise LadError(f"{self.path}: {self.label(e)} is corrupt (its chunk does not decode: {type(exc).__name__})") from None
+
     def slabs(self):
-        """(entry range, matched slab) shard by shard: the fast way to scan the whole store."""
+        """(entry range, matched slab) shard by shard: the fast way to scan the whole store.
+        A shard that does not decode is read entry by entry, so that the error names the entry."""
         for shard in range(self.num_shards):
             r = self.shard_range(shard)
             try:
-                yield r, self._matched[r.start:r.stop]
-            except Exception as exc:
-                raise LadError(f"{self.path}: shard {shard} (entries {r.start}-{r.stop - 1}) unreadable "
-                               f"({type(exc).__name__})") from None
+                slab = self._matched[r.start:r.stop]
+            except Exception:
+                slab = np.stack([self._row(e) for e in r])
+            yield r, slab
 
     def digest(self, anchor_counts: np.ndarray) -> str:
         """sha256 over every entry's sha256, in canonical (image id, view) order."""
@@ -252,7 +299,7 @@ def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndar
         raise LadError(f"{where}: image ids differ from {split.ann_file} ({cache.num_images} vs {len(split.images)} images)")
     done = cache.done()
     if not done.all():
-        raise LadError(f"{where}: cache incomplete: {int(done.sum())} of {len(done)} entries")
+        raise LadError(f"{where}: cache incomplete: {int(done.sum())} of {len(done)} entries (finish it with lad assign --resume)")
     padded = cache.padded_hw()
     bad = np.nonzero((padded != expected_padded).any(1))[0]
     if len(bad):
@@ -263,8 +310,7 @@ def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndar
     num_gts = [len(r.boxes) for r in split.images]
     for r, slab in cache.slabs():
         for e, row in zip(r, slab):
-            image = split.images[e // cache.num_views]
-            label = f"entry {e} (image id {image.id}, view {cache.attrs['views'][e % cache.num_views]['name']})"
+            label = cache.label(e)
             if entry_crc(row[:counts[e]]) != crcs[e]:
                 raise LadError(f"{where}: {label} is corrupt (checksum mismatch)")
             if (row[counts[e]:] != PAD).any():

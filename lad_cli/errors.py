@@ -17,3 +17,12 @@ def one_line(error: BaseException) -> str:
     last = text.splitlines()[-1]
     prefix = f"{type(error).__module__}.{type(error).__name__}: "
     return last[len(prefix):] if last.startswith(prefix) else last
+
+
+class NonFiniteLoss(Exception):
+    """A training step whose loss (or gradient norm) is NaN or infinite; nothing was stepped."""
+
+    def __init__(self, term: str, value: float):
+        super().__init__(f"non-finite {term} ({value})")
+        self.term = term
+        self.value = value

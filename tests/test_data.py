@@ -69,6 +69,8 @@ BAD_INPUTS = {
     "missing image": (lambda root, ann: (root / "images/val/b.png").unlink(), "image id 11"),
     "non-positive box": (lambda root, ann: _edit(ann, lambda d: d["annotations"][0].update(bbox=[5, 5, 0, 10])),
                          "annotation id 1 (image id 10): box with non-positive size"),
+    "negative box": (lambda root, ann: _edit(ann, lambda d: d["annotations"][1].update(bbox=[30, 10, 20, -5])),
+                     "annotation id 2 (image id 10): box with non-positive size [30, 10, 20, -5]"),
     "box outside": (lambda root, ann: _edit(ann, lambda d: d["annotations"][1].update(bbox=[30, 10, 45, 20])),
                     "annotation id 2 (image id 10): box [30, 10, 45, 20] lies outside the 60x40 image"),
     "unknown category": (lambda root, ann: _edit(ann, lambda d: d["annotations"][0].update(category_id=99)),

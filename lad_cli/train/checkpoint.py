@@ -12,21 +12,30 @@ from ..model.backbone import load_backbone_weights
 from ..model.detector import DetectorConfig, PAADetector
 
 FORMAT = "lad-checkpoint/1"
+TEMP_GLOB = ".*.tmp"  # save_atomic's temp files; a kill during a save leaves one behind
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, rename: a kill leaves the old file."""
+    """Write to a temp file in the same folder, fsync, rename: a kill or a full disk leaves
+    the old file. A write error (ENOSPC, read-only folder) is a LadError."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # torch.save reports its writer's OSError as a RuntimeError whose context is the OSError
+        cause = next((e for e in (exc, exc.__context__) if isinstance(e, OSError)), None)
+        if cause is None:
+            raise
+        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+        raise LadError(f"{path}: cannot write the checkpoint ({cause.strerror or cause}); {kept}") from None
 
 
 def load_checkpoint(path: Path) -> dict:

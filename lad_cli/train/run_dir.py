@@ -1,22 +1,32 @@
 """The run folder: config.json, metrics.jsonl, last.pt, best.pt (and the peer's in co-learning)."""
 import json
+import os
 import shutil
 from pathlib import Path
 
 from ..errors import LadError
+from .checkpoint import TEMP_GLOB
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "peer_last.pt", "peer_best.pt")
+CHECKPOINTS = ("last.pt", "best.pt", "peer_last.pt", "peer_best.pt")
 
 
 def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
-    """Refuse to clobber a run silently: an existing run needs --resume or --overwrite."""
+    """Refuse to clobber a run silently: an existing run needs --resume or --overwrite.
+
+    A run exists once it saved a checkpoint or logged a step; a folder holding only the
+    config.json of a start that failed (a bad option, bad data) is reused."""
     out = Path(out)
     if resume and overwrite:
         raise LadError("--resume and --overwrite exclude each other")
-    existing = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
+    metrics = out / "metrics.jsonl"
+    existing = out.is_dir() and (any((out / f).exists() for f in CHECKPOINTS)
+                                 or (metrics.exists() and metrics.stat().st_size > 0))
     if resume:
         if not (out / "last.pt").is_file():
             raise LadError(f"{out}: nothing to resume (no last.pt)")
+        for leftover in out.glob(TEMP_GLOB):  # a save that a kill interrupted
+            leftover.unlink(missing_ok=True)
         return out
     if existing and not overwrite:
         raise LadError(f"{out}: a run is already there; pass --resume to continue it or --overwrite to replace it")
@@ -24,8 +34,7 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
         raise LadError(f"{out}: exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
-            target = out / name
+        for target in [*(out / name for name in RUN_FILES), *out.glob(TEMP_GLOB)]:
             if target.is_dir():
                 shutil.rmtree(target)
             else:
@@ -45,15 +54,23 @@ class MetricsLog:
         """keep_lines: on resume, the line count the checkpoint saw; later lines are logged again."""
         self.path = Path(path)
         self.lines = 0
-        if keep_lines is not None and self.path.exists():
-            kept = self.path.read_text().splitlines()[:keep_lines]
-            self.path.write_text("".join(line + "\n" for line in kept))
-            self.lines = len(kept)
-        self.file = open(self.path, "a")
+        try:
+            if keep_lines is not None and self.path.exists():
+                kept = self.path.read_text().splitlines()[:keep_lines]
+                staged = self.path.with_name(f".{self.path.name}.resume.tmp")  # a kill here keeps the old log
+                staged.write_text("".join(line + "\n" for line in kept))
+                os.replace(staged, self.path)
+                self.lines = len(kept)
+            self.file = open(self.path, "a")
+        except OSError as exc:
+            raise LadError(f"{self.path}: cannot write ({exc.strerror})") from None
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            raise LadError(f"{self.path}: cannot write ({exc.strerror}); the checkpoints are kept") from None
         self.lines += 1
 
     def close(self) -> None:
