@@ -1,6 +1,7 @@
 """The `lad` command line: parses options and calls the library, nothing else."""
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,6 +31,8 @@ def user_errors(fn):
 
 
 def emit_json(obj: dict, path: Optional[Path] = None) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     text = json.dumps(obj, indent=2)
     if path is None or str(path) == "-":
         sys.stdout.write(text + "\n")
@@ -68,6 +71,7 @@ LrSteps = Annotated[Optional[str], typer.Option(help="Epochs at which lr x0.1, e
 Views = Annotated[str, typer.Option(help="Training views, e.g. orig,flip (random flip) or orig,flip,orig@640,flip@640.")]
 LogEvery = Annotated[int, typer.Option(min=1, help="Log to metrics.jsonl every N iterations.")]
 SaveEvery = Annotated[int, typer.Option(min=0, help="Also save last.pt every N iterations (0: at epoch ends).")]
+SkipNonfinite = Annotated[int, typer.Option(min=0, help="Skip up to K batches whose loss is NaN/inf (0: stop at the first).")]
 Clip = Annotated[float, typer.Option(help="Gradient clipping max norm.")]
 BoxWeighting = Annotated[Optional[str], typer.Option(help="GIoU loss weighting: iou (PAA) or mean (reference LAD head) [default: iou for own assignments, mean for LAD].")]
 
@@ -97,7 +101,7 @@ def teacher_train(
     max_size: MaxSize = 1333, width: Width = 256, head_depth: HeadDepth = 4, anchor_scale: AnchorScale = 8,
     weights: Weights = None,
     warmup: Warmup = 500, lr_steps: LrSteps = None, views: Views = "orig,flip", log_every: LogEvery = 20,
-    save_every: SaveEvery = 0, clip: Clip = 35.0, box_weighting: BoxWeighting = None,
+    save_every: SaveEvery = 0, clip: Clip = 35.0, box_weighting: BoxWeighting = None, skip_nonfinite: SkipNonfinite = 0,
 ) -> None:
     """Train a PAA detector on its own assignments (a teacher, or a baseline)."""
     from .train.config import TrainConfig
@@ -121,6 +125,7 @@ def student_train(
     switch: Annotated[str, typer.Option(help="Co-learning switch: gt-level (released code) or iteration (paper).")] = "gt-level",
     soft_label_weight: Annotated[Optional[float], typer.Option(help="Add soft-label distillation with this class-KL weight (needs --teacher).")] = None,
     soft_label_gamma: Annotated[float, typer.Option(help="Focal exponent of the soft-label KL.")] = 0.5,
+    assign_from: Annotated[str, typer.Option(help="With --teacher: whose PAA assignment the GT losses use: teacher (LAD) or student (its own; with --soft-label-weight, plain soft-label distillation).")] = "teacher",
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Train on the finished entries of an incomplete cache.")] = False,
     epochs: Epochs = 12, batch: BatchSize = 16, lr: Lr = None, device: Device = "auto", amp: Amp = "auto", seed: Seed = 0,
     resume: Resume = False, overwrite: Overwrite = False, workers: Workers = 0,
@@ -132,6 +137,7 @@ def student_train(
     lr_steps: LrSteps = None,
     views: Annotated[Optional[str], typer.Option(help="Training views [default: the cache's, else orig,flip].")] = None,
     log_every: LogEvery = 20, save_every: SaveEvery = 0, clip: Clip = 35.0, box_weighting: BoxWeighting = None,
+    skip_nonfinite: SkipNonfinite = 0,
 ) -> None:
     """Train a student on assignments from a cache, an online teacher, a co-learning peer, or itself."""
     from .train.config import TrainConfig
@@ -209,7 +215,10 @@ def evaluate(
     """COCO metrics (pycocotools) of a checkpoint on a split."""
     from .evaluate import run_eval
 
-    metrics, table = run_eval(checkpoint, data, split, ann, images, detections, batch, device, workers, amp)
+    result = run_eval(checkpoint, data, split, ann, images, detections, batch, device, workers, amp)
+    if result is None:  # a torchrun process other than rank 0
+        return
+    metrics, table = result
     if json_out is not None:
         emit_json(metrics, json_out)
     if json_out is None or str(json_out) != "-":
@@ -226,6 +235,42 @@ def demo(
     from .demo import run_demo
 
     typer.echo(run_demo(out, overwrite))
+
+
+@app.command("show-assign")
+@user_errors
+def show_assign(
+    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint: its PAA assignment is drawn.")],
+    image: Annotated[int, typer.Option("--image", help="COCO image id.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    student: Annotated[Optional[Path], typer.Option(help="Also draw this checkpoint's own PAA assignment (eval-mode predictions), side by side.")] = None,
+    data: Data = None, split: Annotated[str, typer.Option(help="Split holding the image.")] = "train",
+    ann: Ann = None, images: Images = None,
+    view: Annotated[str, typer.Option(help="The view the networks see, at the teacher's size: orig, flip, orig@S or flip@S.")] = "orig",
+    device: Device = "auto", amp: Amp = "auto",
+) -> None:
+    """Picture of one image's PAA assignment: GT boxes, positive anchors, mixture fits.
+
+    Drawn in the network's input pixels (resized, flipped per --view, padded). Positive
+    anchors are dots at their centres in their GT's colour (bigger dots = coarser level),
+    ignored anchors black x (crowd regions dashed). Below, the mixture fit of each GT's pooled candidate costs
+    (first 8 GTs). Prints a JSON summary with positives per GT.
+    """
+    from .viz.show_assign import run_show_assign
+
+    emit_json(run_show_assign(teacher, student, data, split, ann, images, image, view, out, device, amp))
+
+
+@app.command("plot")
+@user_errors
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (each with a metrics.jsonl).")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+) -> None:
+    """Training curves of runs: each loss term and validation AP/AP50 against the iteration."""
+    from .viz.plot import run_plot
+
+    emit_json(run_plot(runs, out))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from . import dist
 from .data.coco import CocoSplit, load_split, locate_split
 from .data.dataset import Collate, DetectionDataset
 from .data.sampler import ViewBatchSampler
@@ -16,7 +17,7 @@ from .model.detector import PAADetector
 from .model.inference import InferenceParams, postprocess
 from .errors import LadError
 from .progress import progress_bar
-from .runtime import autocast, resolve_device, use_bf16
+from .runtime import autocast, use_bf16
 from .train.checkpoint import build_detector, load_checkpoint
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -24,11 +25,13 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 @torch.no_grad()
 def predict(model: PAADetector, split: CocoSplit, view: View, batch_size: int, device: torch.device,
-            workers: int = 0, on_batch=None, params: InferenceParams = InferenceParams(), bf16: bool = False) -> list[dict]:
-    """COCO-format detections (original image pixels, dataset category ids) for every image."""
+            workers: int = 0, on_batch=None, params: InferenceParams = InferenceParams(), bf16: bool = False,
+            indices: list[int] | None = None) -> list[dict]:
+    """COCO-format detections (original image pixels, dataset category ids) for every image
+    (or the images at `indices`)."""
     divisor = model.config.layout.size_divisor
     dataset = DetectionDataset(split, [view], divisor)
-    sampler = ViewBatchSampler(dataset.shapes(), batch_size, seed=0, shuffle=False)
+    sampler = ViewBatchSampler(dataset.shapes(), batch_size, seed=0, shuffle=False, subset=indices)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(divisor),
                                          num_workers=workers, pin_memory=device.type == "cuda")
     was_training = model.training
@@ -52,6 +55,23 @@ def predict(model: PAADetector, split: CocoSplit, view: View, batch_size: int, d
     finally:
         model.train(was_training)
     return results
+
+
+def predict_sharded(model: PAADetector, split: CocoSplit, view: View, batch_size: int, ctx: dist.Dist,
+                    workers: int = 0, on_batch=None, bf16: bool = False) -> list[dict] | None:
+    """`predict` with the images dealt out to the processes (image i to rank i mod N); rank 0
+    gets every detection, the other ranks None. One process: `predict`."""
+    mine = predict(model, split, view, batch_size, ctx.device, workers, on_batch, bf16=bf16,
+                   indices=list(range(ctx.rank, len(split.images), ctx.world)))
+    parts = dist.gather(ctx, mine)
+    return None if parts is None else [d for part in parts for d in part]
+
+
+def evaluate_sharded(model: PAADetector, split: CocoSplit, view: View, batch_size: int, ctx: dist.Dist,
+                     workers: int = 0, bf16: bool = False) -> dict | None:
+    """COCO metrics on rank 0 (None on the other ranks) of a sharded prediction."""
+    results = predict_sharded(model, split, view, batch_size, ctx, workers, bf16=bf16)
+    return None if results is None else coco_metrics(split, results)
 
 
 def coco_metrics(split: CocoSplit, results: list[dict]) -> dict:
@@ -99,22 +119,24 @@ def format_table(metrics: dict) -> str:
     return "\n".join([head, vals, "", f"{'class':<{width}}  AP", *rows])
 
 
-
 def run_eval(checkpoint: Path, data: Path | None, split: str, ann: Path | None, images: Path | None,
-             detections: Path | None, batch: int, device_name: str, workers: int, amp: str = "auto") -> tuple[dict, str]:
-    """`lad eval`: metrics dict and the printable table of a checkpoint on a split."""
-    device = resolve_device(device_name)
+             detections: Path | None, batch: int, device_name: str, workers: int, amp: str = "auto") -> tuple[dict, str] | None:
+    """`lad eval`: metrics dict and the printable table of a checkpoint on a split (on rank 0;
+    None on the other processes under torchrun, which predict their share of the images)."""
+    ctx = dist.setup(device_name)
     ckpt = load_checkpoint(checkpoint)
-    model = build_detector(ckpt, checkpoint).to(device)
+    model = build_detector(ckpt, checkpoint).to(ctx.device)
     coco = load_split(*locate_split(data, split, ann, images))
     if [c["id"] for c in coco.categories] != [c["id"] for c in ckpt["categories"]]:
         raise LadError(f"{checkpoint}: trained on category ids {[c['id'] for c in ckpt['categories']]}, "
                        f"but {coco.ann_file} has {[c['id'] for c in coco.categories]}")
     view = View("orig", ckpt["size"], ckpt["max_size"], False)
-    with progress_bar() as bar:
-        task = bar.add_task(f"eval {split}", total=len(coco.images), info="")
-        results = predict(model, coco, view, batch, device, workers, on_batch=lambda n: bar.advance(task, n),
-                          bf16=use_bf16(device, amp))
+    with progress_bar(disable=not ctx.is_main) as bar:
+        task = bar.add_task(f"eval {split}", total=len(range(ctx.rank, len(coco.images), ctx.world)), info="")
+        results = predict_sharded(model, coco, view, batch, ctx, workers, on_batch=lambda n: bar.advance(task, n),
+                                  bf16=use_bf16(ctx.device, amp))
+    if results is None:
+        return None
     if detections is not None:
         try:
             Path(detections).write_text(json.dumps(results))

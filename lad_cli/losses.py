@@ -2,9 +2,10 @@
 
 Shapes: N images, A anchors, C classes, M GT slots. Every term is a sum over the
 batch divided by a batch-level count, so the loss of a batch does not depend on
-how its images are split across processes once `num_pos` is averaged.
+how its images are split across processes once the counts are averaged over them.
 """
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -15,6 +16,10 @@ from .boxes import aligned_iou, pairwise_iou
 from .model import coder
 
 BOX_WEIGHTINGS = ("iou", "mean")
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
 
 
 @dataclass(frozen=True)
@@ -35,37 +40,42 @@ def detection_loss(
     matched_idxs: Tensor,
     targets: Targets,
     weights: LossWeights = LossWeights(),
-    num_pos: Tensor | None = None,
+    process_mean: Callable[[Tensor], Tensor] = _identity,
 ) -> dict[str, Tensor]:
     """loss_cls, loss_box, loss_iou (scalars, float32) of one network on one assignment.
 
     cls_logits (N, A, C), box_deltas (N, A, 4), iou_logits (N, A), anchors (A, 4),
-    matched_idxs (N, A) int64 (GT index, -1 background, -2 ignore). `num_pos` overrides
-    the batch's positive count (the mean over processes under DDP).
+    matched_idxs (N, A) int64 (GT index, -1 background, -2 ignore). `process_mean` maps
+    the batch-level normalisers (positives, images, IoU sum) to their mean over processes
+    under DDP (`lad_cli.dist.process_mean`), so the averaged gradients of N processes equal
+    one process's on the whole batch.
     """
     n = cls_logits.shape[0]
     positive = matched_idxs >= 0
     gt = matched_idxs.clamp(min=0)
-    pos_labels = torch.gather(targets.labels, 1, gt)[positive]
-    if num_pos is None:
-        num_pos = positive.sum().float()
+    # Dense over every anchor, masked, rather than indexed by `positive`: boolean indexing
+    # waits for the device to count the positives; this keeps the step free of host syncs.
+    # Anchors that are not positive compare their anchor box with itself (a finite, zero loss).
+    anchor_boxes = anchors.expand(n, -1, -1)
+    on_positive = positive[..., None]
+    pred_boxes = torch.where(on_positive, coder.decode(anchors, box_deltas.float()), anchor_boxes)
+    gt_boxes = torch.where(on_positive, torch.gather(targets.boxes.float(), 1, gt[..., None].expand(-1, -1, 4)), anchor_boxes)
+    iou_target = aligned_iou(pred_boxes.detach(), gt_boxes) * positive
+    num_pos, num_images, iou_sum = process_mean(
+        torch.stack([positive.sum().float(), torch.full((), float(n), device=positive.device), iou_target.sum()]))
 
     cls_target = torch.zeros_like(cls_logits, dtype=torch.float32)
-    cls_target[positive] = torch.nn.functional.one_hot(pos_labels, cls_logits.shape[-1]).float()
+    cls_target.scatter_(-1, torch.gather(targets.labels, 1, gt)[..., None], on_positive.float())
     cls_loss = sigmoid_focal_loss(cls_logits.float(), cls_target, weights.focal_alpha, weights.focal_gamma)
-    cls_loss = (cls_loss.sum(-1) * (matched_idxs != -2)).sum() / num_pos.clamp(min=n)
+    cls_loss = (cls_loss.sum(-1) * (matched_idxs != -2)).sum() / torch.maximum(num_pos, num_images)
 
-    pos_boxes = coder.decode(anchors.expand(n, -1, -1)[positive], box_deltas[positive].float())
-    gt_boxes = torch.gather(targets.boxes.float(), 1, gt[..., None].expand(-1, -1, 4))[positive]
-    iou_target = aligned_iou(pos_boxes.detach(), gt_boxes)
-    giou = generalized_box_iou_loss(pos_boxes, gt_boxes, reduction="none")
+    giou = generalized_box_iou_loss(pred_boxes, gt_boxes, reduction="none")
     if weights.box_weighting == "iou":
-        box_loss = (giou * iou_target).sum() / iou_target.sum().clamp(min=1e-6)
+        box_loss = (giou * iou_target).sum() / iou_sum.clamp(min=1e-6)
     else:
-        box_loss = giou.sum() / num_pos.clamp(min=1.0)
-    iou_loss = torch.nn.functional.binary_cross_entropy_with_logits(
-        iou_logits[positive].float(), iou_target, reduction="sum"
-    ) / num_pos.clamp(min=1.0)
+        box_loss = (giou * positive).sum() / num_pos.clamp(min=1.0)
+    iou_loss = (torch.nn.functional.binary_cross_entropy_with_logits(iou_logits.float(), iou_target, reduction="none")
+                * positive).sum() / num_pos.clamp(min=1.0)
     return {"loss_cls": cls_loss, "loss_box": weights.box * box_loss, "loss_iou": weights.iou * iou_loss}
 
 
@@ -89,24 +99,32 @@ def binary_kl_with_logits(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def soft_label_loss(student, teacher, anchors: Tensor, targets: Targets, weights: SoftLabelWeights,
-                    num_pos: Tensor) -> dict[str, Tensor]:
+                    num_pos: Tensor, process_mean: Callable[[Tensor], Tensor] = _identity) -> dict[str, Tensor]:
     """loss_kd_cls (every anchor, focal-weighted binary KL per class), loss_kd_iou and
     loss_kd_box (on anchors whose teacher box overlaps a GT above the threshold, weighted by
     that IoU). student, teacher: Predictions with cls_logits (N, A, C), box_deltas (N, A, 4),
-    iou_logits (N, A)."""
+    iou_logits (N, A); num_pos: this process's positive count (normalisers as in
+    `detection_loss`)."""
     n = student.cls_logits.shape[0]
-    s_cls, t_cls = student.cls_logits.float(), teacher.cls_logits.float().detach()
-    focal = (t_cls.sigmoid() - s_cls.sigmoid()).abs() ** weights.gamma
-    kd_cls = (focal * binary_kl_with_logits(s_cls, t_cls)).sum() / num_pos.clamp(min=n)
-
     t_boxes = coder.decode(anchors, teacher.box_deltas.float().detach())  # (N, A, 4)
     overlap = _max_iou_with_gt(t_boxes, targets)
     w = torch.where(overlap > weights.box_iou_threshold, overlap, 0.0)
-    norm = w.sum().clamp(min=1e-6)
+    num_pos, num_images, norm = process_mean(torch.stack([num_pos.float(), torch.full((), float(n), device=w.device), w.sum()]))
+    norm = norm.clamp(min=1e-6)
+
+    s_cls, t_cls = student.cls_logits.float(), teacher.cls_logits.float().detach()
+    # |p_t - p_s|^gamma has an infinite derivative where the probabilities tie (common with bf16
+    # logits); its product with the KL has a zero one there, which autograd only gives if the tie
+    # is kept out of the power.
+    gap = (t_cls.sigmoid() - s_cls.sigmoid()).abs()
+    tied = gap == 0
+    focal = torch.where(tied, 0.0, torch.where(tied, 1.0, gap) ** weights.gamma)
+    kd_cls = (focal * binary_kl_with_logits(s_cls, t_cls)).sum() / torch.maximum(num_pos, num_images)
+
     kd_iou = (w * binary_kl_with_logits(student.iou_logits.float(), teacher.iou_logits.float().detach())).sum() / norm
-    keep = w > 0
-    s_boxes = coder.decode(anchors.expand(n, -1, -1)[keep], student.box_deltas[keep].float())
-    kd_box = (w[keep] * generalized_box_iou_loss(s_boxes, t_boxes[keep], reduction="none")).sum() / norm
+    keep = (w > 0)[..., None]  # dense and masked, as in detection_loss
+    s_boxes = torch.where(keep, coder.decode(anchors, student.box_deltas.float()), t_boxes)
+    kd_box = (w * generalized_box_iou_loss(s_boxes, t_boxes, reduction="none")).sum() / norm
     return {"loss_kd_cls": weights.cls * kd_cls, "loss_kd_iou": weights.iou * kd_iou, "loss_kd_box": weights.box * kd_box}
 
 

@@ -4,10 +4,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .runtime import console
 
 
-def progress_bar() -> Progress:
-    """description | bar | done/total | info field | elapsed < remaining."""
+def progress_bar(disable: bool = False) -> Progress:
+    """description | bar | done/total | info field | elapsed < remaining. `disable`: draw
+    nothing (processes other than rank 0 under torchrun)."""
     return Progress(
         TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(),
-        console=console, transient=False,
+        console=console, transient=False, disable=disable,
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import dist
 from ..cache import PAD, AssignmentCache, Provenance, anchor_counts, file_sha256, verify_cache
 from ..data.coco import load_split, locate_split
 from ..data.dataset import Collate, DetectionDataset
@@ -13,7 +14,7 @@ from ..data.views import View, parse_views
 from ..errors import LadError
 from ..model.anchors import AnchorLayout
 from ..progress import progress_bar
-from ..runtime import resolve_device, use_bf16
+from ..runtime import use_bf16
 from .paa import PAAParams, candidates
 from .teacher import Teacher
 
@@ -36,14 +37,19 @@ def open_or_create(out: Path, provenance: Provenance, image_ids, padded, max_anc
             raise LadError(f"{out}: cannot resume, the cache was made with another {field}")
         if not np.array_equal(cache.image_ids(), image_ids):
             raise LadError(f"{out}: cannot resume, the cache holds other image ids")
+        cache.remove_partial_writes()
         return cache
     return AssignmentCache.create(out, provenance, image_ids, padded, max_anchors, shard_entries)
 
 
 def run_assign(teacher_path: Path, data, split_name: str, ann, images, out: Path | None, views_spec: str, batch: int,
                device_name: str, workers: int, resume: bool = False, overwrite: bool = False,
-               shard_entries: int = 4096, rank: int = 0, world: int = 1, amp: str = "auto") -> dict:
-    device = resolve_device(device_name)
+               shard_entries: int = 4096, amp: str = "auto") -> dict | None:
+    """The summary (on rank 0; None on the other processes). Under torchrun, process r
+    computes the shards s with s mod N = r and writes them into the one store: a shard's
+    files have one writer, so no locks are needed and the store equals a one-process one."""
+    ctx = dist.setup(device_name)
+    device = ctx.device
     teacher = Teacher(teacher_path, device, use_bf16(device, amp))
     split = load_split(*locate_split(data, split_name, ann, images))
     if [c["id"] for c in teacher.categories] != [c["id"] for c in split.categories]:
@@ -58,16 +64,23 @@ def run_assign(teacher_path: Path, data, split_name: str, ann, images, out: Path
 
     cache = None
     if out is not None:
-        cache = open_or_create(Path(out), provenance_for(teacher, split, views, params),
-                               [r.id for r in split.images], padded, int(counts.max(initial=1)), shard_entries, resume, overwrite)
+        created = {}  # rank 0 checks and creates the store; then the others open it
+
+        def create():
+            created["cache"] = open_or_create(Path(out), provenance_for(teacher, split, views, params),
+                                              [r.id for r in split.images], padded, int(counts.max(initial=1)),
+                                              shard_entries, resume, overwrite)
+        dist.on_main(ctx, create)
+        cache = created.get("cache") or AssignmentCache.open(Path(out), mode="r+")
         shard_of = [e // cache.shard_entries for e in range(len(keys))]
         done = cache.done()
-        pending = [s for s in range(cache.num_shards) if s % world == rank and not done[cache.shard_range(s)].all()]
+        pending = [cache.shard_range(s) for s in range(cache.num_shards)
+                   if s % ctx.world == ctx.rank and not done[cache.shard_range(s)].all()]
     else:
         shard_of = [0] * len(keys)
-        pending = [0] if keys else []
+        pending = [range(ctx.rank, len(keys), ctx.world)]
 
-    plan = plan_batches(padded, [cache.shard_range(s) if cache else range(len(keys)) for s in pending], batch)
+    plan = plan_batches(padded, pending, batch)
     last_of_shard = [i + 1 == len(plan) or shard_of[plan[i + 1][0]] != shard_of[plan[i][0]] for i in range(len(plan))]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=[[keys[e] for e in b] for b in plan],
                                          collate_fn=Collate(layout.size_divisor), num_workers=workers,
@@ -76,7 +89,7 @@ def run_assign(teacher_path: Path, data, split_name: str, ann, images, out: Path
     rows = None
     total = sum(len(b) for b in plan)
     start = time.perf_counter()
-    with progress_bar() as bar:
+    with progress_bar(disable=not ctx.is_main) as bar:
         task = bar.add_task("assign", total=total, info="")
         for i, (entries, batch_data) in enumerate(zip(plan, loader)):
             batch_data = batch_data.to(device)
@@ -97,10 +110,15 @@ def run_assign(teacher_path: Path, data, split_name: str, ann, images, out: Path
             done_count = bar.tasks[0].completed + len(entries)
             bar.update(task, advance=len(entries), info=f"{done_count / max(time.perf_counter() - start, 1e-9):.1f} img/s")
     seconds = time.perf_counter() - start
+    every = dist.gather(ctx, (total, stats))
+    if every is None:
+        return None
+    total = sum(t for t, _ in every)
     summary = {"entries": len(keys), "computed": total, "seconds": round(seconds, 2),
-               "seconds_per_image": round(seconds / max(1, total), 4), "device": str(device)}
+               "seconds_per_image": round(seconds * ctx.world / max(1, total), 4), "device": str(device),
+               "processes": ctx.world}
     if cache is None:
-        return {**summary, **stats.summary()}
+        return {**summary, **AssignStats.combined([s for _, s in every]).summary()}
     return {**summary, "cache": str(out), "done": int(cache.done().sum())}
 
 
@@ -136,6 +154,16 @@ class AssignStats:
             self.candidates += int((cand[n] >= 0).sum())
             self.per_level += np.bincount(level[pos].numpy(), minlength=len(per_level))
             self.gts_without_positive += m - len(matched[n][pos].unique())
+
+    @classmethod
+    def combined(cls, parts: list["AssignStats"]) -> "AssignStats":
+        """The statistics of the union of the passes (the processes' shares)."""
+        total = cls(len(parts[0].per_level))
+        for part in parts:
+            for name in ("gts", "positives", "candidates", "gts_without_positive"):
+                setattr(total, name, getattr(total, name) + getattr(part, name))
+            total.per_level += part.per_level
+        return total
 
     def summary(self) -> dict:
         return {"gts": self.gts, "positives_per_gt": round(self.positives / max(1, self.gts), 2),

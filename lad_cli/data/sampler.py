@@ -5,6 +5,11 @@ grouped by the padded shape of their view, shuffled within the group, cut into
 batches, and the batches shuffled. So a batch never mixes shapes (no extra padding,
 one anchor set per batch), the plan is a pure function of (seed, epoch), and a run
 can resume mid-epoch by skipping the batches already done.
+
+Under N processes the plan is the same global plan on every process and each process
+takes its contiguous share of every batch (`--batch` counts images over all processes),
+so N processes see the batches one process would. A batch of fewer than N images (the
+tail of a rare padded shape) is skipped, since some process would have none.
 """
 from collections import defaultdict
 
@@ -14,13 +19,15 @@ import torch
 
 class ViewBatchSampler(torch.utils.data.Sampler):
     def __init__(self, shapes: list[list[tuple[int, int]]], batch_size: int, seed: int, shuffle: bool = True,
-                 subset: list[int] | None = None):
-        """shapes[i][v]: padded shape of image i in view v; subset: the images to use (default all)."""
+                 subset: list[int] | None = None, rank: int = 0, world: int = 1):
+        """shapes[i][v]: padded shape of image i in view v; subset: the images to use (default all);
+        rank, world: this process's share of each batch."""
         self.shapes = shapes
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
         self.subset = list(range(len(shapes))) if subset is None else list(subset)
+        self.rank, self.world = rank, world
         self.epoch = 0
         self.start = 0
 
@@ -45,8 +52,19 @@ class ViewBatchSampler(torch.utils.data.Sampler):
             batches = [batches[j] for j in rng.permutation(len(batches))]
         return batches
 
+    def local_plan(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """This process's share of each batch of the epoch's plan."""
+        if self.world == 1:
+            return self.plan(epoch)
+        shares = []
+        for batch in self.plan(epoch):
+            if len(batch) >= self.world:
+                bounds = np.linspace(0, len(batch), self.world + 1).round().astype(int)
+                shares.append(batch[bounds[self.rank]:bounds[self.rank + 1]])
+        return shares
+
     def __iter__(self):
-        yield from self.plan(self.epoch)[self.start:]
+        yield from self.local_plan(self.epoch)[self.start:]
 
     def __len__(self) -> int:
-        return len(self.plan(self.epoch)) - self.start
+        return len(self.local_plan(self.epoch)) - self.start

@@ -19,21 +19,22 @@ def encode(anchors: Tensor, boxes: Tensor) -> Tensor:
     bh = boxes[..., 3] - boxes[..., 1]
     bx = boxes[..., 0] + 0.5 * bw
     by = boxes[..., 1] + 0.5 * bh
-    deltas = torch.stack([(bx - ax) / aw, (by - ay) / ah, torch.log(bw / aw), torch.log(bh / ah)], dim=-1)
-    return deltas / deltas.new_tensor(STDS)
+    sx, sy, sw, sh = STDS
+    return torch.stack([(bx - ax) / aw / sx, (by - ay) / ah / sy, torch.log(bw / aw) / sw, torch.log(bh / ah) / sh], dim=-1)
 
 
 def decode(anchors: Tensor, deltas: Tensor) -> Tensor:
     """Boxes from regression deltas: (..., 4) x (..., 4) -> (..., 4), same dtype as deltas."""
-    deltas = deltas * deltas.new_tensor(STDS)
+    # Scalars, not a tensor of STDS: building one on CUDA would copy from the host every call.
+    sx, sy, sw, sh = STDS
     aw = anchors[..., 2] - anchors[..., 0]
     ah = anchors[..., 3] - anchors[..., 1]
     ax = anchors[..., 0] + 0.5 * aw
     ay = anchors[..., 1] + 0.5 * ah
-    dw = deltas[..., 2].clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    dh = deltas[..., 3].clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    cx = ax + aw * deltas[..., 0]
-    cy = ay + ah * deltas[..., 1]
+    dw = (deltas[..., 2] * sw).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    dh = (deltas[..., 3] * sh).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    cx = ax + aw * (deltas[..., 0] * sx)
+    cy = ay + ah * (deltas[..., 1] * sy)
     w = aw * dw.exp()
     h = ah * dh.exp()
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)

@@ -33,6 +33,7 @@ class TrainConfig:
     workers: int = 0
     log_every: int = 20
     save_every: int = 0  # also save last.pt every N iterations (0: at epoch ends only)
+    skip_nonfinite: int = 0  # batches with a NaN/inf loss to skip before stopping
     eval_every: int = 1
     # Where the assignment comes from (student-train); all None/False: the network's own PAA.
     teacher: str | None = None
@@ -44,6 +45,8 @@ class TrainConfig:
     switch: str = "gt-level"
     soft_label_weight: float | None = None
     soft_label_gamma: float = 0.5
+    # With a teacher: "teacher" (LAD), or "student" (its own PAA; the teacher gives soft labels only).
+    assign_from: str = "teacher"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,7 @@ from ..assign.teacher import Teacher
 from ..cache import AssignmentCache, Provenance, anchor_counts
 from ..data.coco import CocoSplit
 from ..data.dataset import Batch, DetectionDataset
+from ..dist import process_mean
 from ..errors import LadError
 from ..losses import SoftLabelWeights, soft_label_loss
 from ..model.detector import Predictions
@@ -46,15 +47,21 @@ class OwnAssignment:
 
 
 class TeacherAssignment:
-    """Online LAD: a frozen teacher assigns every batch (optionally soft labels too)."""
+    """Online LAD: a frozen teacher assigns every batch (optionally soft labels too). With
+    `own_assignment` the student keeps its own PAA assignment and the teacher only gives the
+    soft labels: soft-label distillation, the baseline the paper compares LAD with."""
 
-    box_weighting = "mean"
-
-    def __init__(self, teacher: Teacher, soft: SoftLabelWeights | None):
+    def __init__(self, teacher: Teacher, soft: SoftLabelWeights | None, own_assignment: bool = False):
         self.teacher = teacher
         self.soft = soft
+        self.own = OwnAssignment() if own_assignment else None
+        # The GT losses weight boxes as their assignment's method does: the PAA baseline or the LAD head.
+        self.box_weighting = OwnAssignment.box_weighting if own_assignment else "mean"
 
     def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+        if self.own is not None:
+            own = self.own(batch, preds, anchors, counts)
+            return SourceOutput(own.matched_idxs, teacher=self.teacher.predict(batch.images))
         matched, teacher_pred = self.teacher.assign(batch)
         return SourceOutput(matched, teacher=teacher_pred if self.soft else None)
 
@@ -62,7 +69,7 @@ class TeacherAssignment:
         if self.soft is None:
             return {}
         num_pos = (out.matched_idxs >= 0).sum().float()
-        return soft_label_loss(preds["student"], out.teacher, anchors, batch.targets, self.soft, num_pos)
+        return soft_label_loss(preds["student"], out.teacher, anchors, batch.targets, self.soft, num_pos, process_mean)
 
 
 class CachedDataset(torch.utils.data.Dataset):
@@ -104,12 +111,15 @@ class CachedAssignment:
         field_name = self.cache.provenance.mismatch(expected)
         if field_name:
             raise LadError(f"{self.path}: cache does not match the training setup: {field_name} differs")
-        done = self.cache.done().reshape(self.cache.num_images, self.cache.num_views).all(1)
+        entries_done = self.cache.done()
+        done = entries_done.reshape(self.cache.num_images, self.cache.num_views).all(1)  # every view of the image
         if not done.all():
+            counts = f"{int(entries_done.sum())} of {len(entries_done)} entries"
             if not allow_partial:
-                raise LadError(f"{self.path}: cache incomplete: {int(done.sum())} of {len(done)} images done "
+                raise LadError(f"{self.path}: cache incomplete: {counts} "
                                "(finish it with lad assign --resume, or pass --allow-partial)")
-            console.print(f"[yellow]--allow-partial: training on the {int(done.sum())} of {len(done)} images the cache holds")
+            console.print(f"[yellow]--allow-partial: cache incomplete ({counts}): training on the {int(done.sum())} "
+                          f"of {len(done)} images whose entries are all done")
         self.subset = np.nonzero(done)[0].tolist()
 
     @property
@@ -149,6 +159,10 @@ def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device, bf16: 
     if cfg.soft_label_weight is not None and not cfg.teacher:
         why = "the cache holds assignments, not the teacher's outputs" if cfg.cache else "soft labels come from a teacher"
         raise LadError(f"--soft-label-weight needs --teacher ({why})")
+    if cfg.assign_from not in ("teacher", "student"):
+        raise LadError(f"--assign-from is teacher or student, not {cfg.assign_from!r}")
+    if cfg.assign_from == "student" and not (cfg.teacher and cfg.soft_label_weight is not None):
+        raise LadError("--assign-from student needs --teacher and --soft-label-weight (the teacher then gives soft labels only)")
     student = nets["student"]
     if cfg.cache:
         return CachedAssignment(Path(cfg.cache), split, student.config.layout, cfg.allow_partial)
@@ -156,7 +170,7 @@ def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device, bf16: 
         teacher = Teacher(Path(cfg.teacher), device, bf16)
         teacher.check_compatible(student, split.categories)
         soft = None if cfg.soft_label_weight is None else SoftLabelWeights(cls=cfg.soft_label_weight, gamma=cfg.soft_label_gamma)
-        return TeacherAssignment(teacher, soft)
+        return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student")
     if cfg.colearn:
         if cfg.peer_init:
             ckpt = load_checkpoint(Path(cfg.peer_init))
