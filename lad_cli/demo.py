@@ -31,8 +31,16 @@ def timed(name: str, fn, seconds: dict):
     return result
 
 
-def evaluate_run(run: Path, data: Path) -> dict:
-    return run_eval(run / "last.pt", data, "val", None, None, None, SCHEDULE["batch"], SCHEDULE["device"], 0)[0]
+def evaluate_run(run: Path, data: Path, checkpoint: str = "last.pt") -> dict:
+    return run_eval(run / checkpoint, data, "val", None, None, None, SCHEDULE["batch"], SCHEDULE["device"], 0)[0]
+
+
+def student_config(data: Path, seed: int, epochs: int | None = None, **changes) -> TrainConfig:
+    """The preset's student, STUDENT_EPOCHS by default (lr x0.1 for the last epoch, scored by
+    `evaluate_run` afterwards); `changes` override preset fields (arch, warmup, source...)."""
+    epochs = STUDENT_EPOCHS if epochs is None else epochs
+    return TrainConfig(out="", data=str(data), epochs=epochs, lr_steps=str(epochs - 1), val_split="", seed=seed,
+                       **{**MODEL, **SCHEDULE, **changes})
 
 
 def prepare_teacher(out: Path, overwrite: bool, seconds: dict | None = None) -> tuple[Path, Path, dict]:
@@ -51,8 +59,7 @@ def prepare_teacher(out: Path, overwrite: bool, seconds: dict | None = None) -> 
 def train_students(out: Path, data: Path, cache: Path, seed: int, overwrite: bool, seconds: dict | None = None) -> dict:
     """A baseline and a LAD student of the same architecture, schedule and seed; their metrics."""
     seconds = {} if seconds is None else seconds
-    student = TrainConfig(out="", data=str(data), epochs=STUDENT_EPOCHS, lr_steps=str(STUDENT_EPOCHS - 1), val_split="",
-                          seed=seed, **MODEL, **SCHEDULE)
+    student = student_config(data, seed)
     rows = {}
     for name, run, source in (("baseline student", out / "baseline", {}), ("LAD student", out / "lad", {"cache": str(cache)})):
         timed(f"student-train ({name})", lambda: train(replace(student, out=str(run), **source), overwrite=overwrite), seconds)

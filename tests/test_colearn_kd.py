@@ -1,11 +1,30 @@
-"""Co-learning switch and soft-label terms, against direct computations."""
+"""Co-learning switch and soft-label terms, against direct computations; soft-label
+distillation on the student's own assignment (student-train --assign-from student)."""
+import json
+
+import pytest
 import torch
+from typer.testing import CliRunner
 
 from lad_cli.assign.colearn import colearn_assign
 from lad_cli.assign.paa import PAAParams, candidate_costs, candidates, paa_assign
+from lad_cli.assign.teacher import Teacher
+from lad_cli.cli import app
+from lad_cli.data.coco import load_split, locate_split
+from lad_cli.data.dataset import Collate, DetectionDataset
+from lad_cli.data.views import parse_views
 from lad_cli.losses import SoftLabelWeights, binary_kl_with_logits, soft_label_loss
 from lad_cli.model.detector import Predictions
+from lad_cli.train.checkpoint import new_detector
+from lad_cli.train.sources import TeacherAssignment
+from tests.conftest import TINY
 from tests.test_assign import random_batch
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
 
 
 def preds(cls, deltas):
@@ -53,3 +72,74 @@ def test_binary_kl_by_formula_and_zero_for_identical_outputs():
     assert all(abs(float(v)) < 1e-5 for v in losses.values())
     moved = Predictions(cls + 1, deltas + 0.2, same.iou_logits - 1)
     assert all(float(v) > 0 for v in soft_label_loss(moved, same, anchors, targets, SoftLabelWeights(), torch.tensor(10.0)).values())
+
+
+def test_soft_label_gradient_is_finite_where_student_and_teacher_tie():
+    """bf16 logits tie often; the focal factor's infinite derivative at a tie must not give NaN."""
+    anchors, counts, cls, deltas, targets = random_batch(7, n=2, max_gts=4)
+    iou = torch.randn(cls.shape[:2])
+    student = Predictions(cls.clone().requires_grad_(), deltas.clone().requires_grad_(), iou.clone().requires_grad_())
+    teacher = Predictions(torch.cat([cls[:1], cls[1:] + 0.5]), deltas, iou)  # image 0 ties everywhere, image 1 does not
+    losses = soft_label_loss(student, teacher, anchors, targets, SoftLabelWeights(cls=10.0), torch.tensor(10.0))
+    sum(losses.values()).backward()
+    grad = student.cls_logits.grad
+    assert torch.isfinite(grad).all() and float(grad[0].abs().max()) == 0.0 and float(grad[1].abs().max()) > 0
+
+
+@pytest.fixture(scope="module")
+def teacher(synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kd") / "teacher"
+    result = invoke("teacher-train", "--data", synth_data, "--out", out, "--epochs", "1", "--val-split", "", *TINY)
+    assert result.exit_code == 0, result.output
+    return out / "last.pt"
+
+
+def test_own_assignment_source_assigns_with_the_student_and_keeps_the_teachers_outputs(teacher, synth_data):
+    online = Teacher(teacher, torch.device("cpu"))
+    split = load_split(*locate_split(synth_data, "train"))
+    divisor = online.model.config.layout.size_divisor
+    dataset = DetectionDataset(split, parse_views("orig,flip", online.checkpoint["size"], online.checkpoint["max_size"]), divisor)
+    batch = Collate(divisor)([dataset[(i, 0)] for i in range(4)])
+    torch.manual_seed(1)
+    student = new_detector("resnet18", len(split.categories), 16, 1, None, online.model.config.layout.octave_base_scale)
+    with torch.no_grad():
+        outputs = {"student": student(batch.images)}
+    anchors, counts = student.anchors(batch.padded_hw, torch.device("cpu"))
+    source = TeacherAssignment(online, SoftLabelWeights(cls=10.0), own_assignment=True)
+    out = source(batch, outputs, anchors, counts)
+    own = paa_assign(anchors, counts, outputs["student"].cls_logits, outputs["student"].box_deltas, batch.targets)
+    assert torch.equal(out.matched_idxs, own) and (own >= 0).any()
+    assert torch.equal(out.teacher.cls_logits, online.predict(batch.images).cls_logits)
+    assert source.box_weighting == "iou" and TeacherAssignment(online, None).box_weighting == "mean"
+
+
+def test_soft_label_kd_keeps_the_baselines_gt_losses(teacher, synth_data, tmp_path):
+    """Same seed and batches: the first iteration's GT losses (computed before any update)
+    equal the baseline's, and the soft-label terms come on top."""
+    common = ["--data", synth_data, "--split", "val", "--epochs", "1", "--val-split", "", *TINY]
+    base = invoke("student-train", "--out", tmp_path / "base", *common)
+    assert base.exit_code == 0, base.output
+    kd = invoke("student-train", "--teacher", teacher, "--soft-label-weight", "10", "--assign-from", "student",
+                "--out", tmp_path / "kd", *common)
+    assert kd.exit_code == 0, kd.output
+    first = lambda run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])
+    b, k = first("base"), first("kd")
+    for key in ("loss_cls", "loss_box", "loss_iou"):
+        assert k[key] == pytest.approx(b[key], abs=1e-5), key
+    assert k["loss_kd_cls"] > 0 and k["loss"] == pytest.approx(
+        sum(k[x] for x in ("loss_cls", "loss_box", "loss_iou", "loss_kd_cls", "loss_kd_iou", "loss_kd_box")), rel=1e-5)
+    assert json.loads((tmp_path / "kd" / "config.json").read_text())["assign_from"] == "student"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--assign-from", "student"],
+     "--assign-from student needs --teacher and --soft-label-weight (the teacher then gives soft labels only)"),
+    (["--teacher", "{teacher}", "--assign-from", "student"],
+     "--assign-from student needs --teacher and --soft-label-weight (the teacher then gives soft labels only)"),
+    (["--teacher", "{teacher}", "--soft-label-weight", "2", "--assign-from", "peer"],
+     "--assign-from is teacher or student, not 'peer'"),
+])
+def test_assign_from_refuses_bad_combinations(teacher, synth_data, tmp_path, extra, message):
+    args = [str(teacher) if a == "{teacher}" else a for a in extra]
+    result = invoke("student-train", "--data", synth_data, "--out", tmp_path / "r", *TINY, *args)
+    assert result.exit_code == 2 and result.stderr == f"error: {message}\n", result.output

@@ -17,6 +17,7 @@ from lad_cli.data.sampler import ViewBatchSampler
 from lad_cli.model.anchors import AnchorLayout
 from lad_cli.model.detector import DetectorConfig, PAADetector
 from tests.conftest import TINY
+from tests.test_faults import PACED_TRAIN  # announces each save with its pid, then pauses
 
 runner = CliRunner()
 EXACT = [*TINY, "--amp", "off"]  # float32, so that 1 and 2 processes agree to rounding
@@ -86,22 +87,6 @@ def test_teacher_train_two_processes_equal_one(synth_data, one_process_run, tmp_
     # A 2-process run resumes under 2 processes only.
     result = runner.invoke(app, ["teacher-train", "--out", str(tmp_path / "two"), "--resume", "--device", "cpu"])
     assert result.exit_code == 2 and "used 2 processes; resume it with as many (this is 1)" in result.stderr
-
-
-# Rank 0 announces each checkpoint it saved, with its pid, and pauses, so that the test can
-# kill it at a known point of the run.
-PACED_TRAIN = """
-import os, sys, time
-from lad_cli.cli import main
-from lad_cli.train import loop
-save = loop.save_atomic
-def paced(obj, path):
-    save(obj, path)
-    print(f"saved {path.name} {obj['state']['iteration']} pid {os.getpid()}", flush=True)
-    time.sleep(0.3)
-loop.save_atomic = paced
-main()
-"""
 
 
 def test_killed_rank_resumes_to_the_same_weights(synth_data, one_process_run, tmp_path):

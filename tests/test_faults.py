@@ -92,13 +92,13 @@ main()
 """
 
 PACED_TRAIN = """
-import time
+import os, time
 from lad_cli.cli import main
 from lad_cli.train import loop
 save = loop.save_atomic
 def paced(obj, path):
     save(obj, path)
-    print(f"saved {path.name} {obj['state']['iteration']}", flush=True)
+    print(f"saved {path.name} {obj['state']['iteration']} pid {os.getpid()}", flush=True)
     time.sleep(0.3)
 loop.save_atomic = paced
 main()
