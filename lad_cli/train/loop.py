@@ -119,7 +119,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 lr = cfg.lr_at(state["iteration"], epoch)
                 instances = int(batch.targets.valid.sum())
                 try:
-                    logged = train_step(models, source, batch.to(device), optimizer, params, weights, cfg.clip, lr, device, bf16)
+                    logged = train_step(models, source, batch.to(device), optimizer, params, weights, cfg.clip, lr, device,
+                                        bf16, skippable=cfg.skip_nonfinite > 0)
                 except NonFiniteLoss as exc:  # nothing was stepped: stop, or skip the batch within --skip-nonfinite
                     logged = None
                     state["skipped_nonfinite"] = state.get("skipped_nonfinite", 0) + 1
@@ -160,14 +161,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             "best_AP": state["best_ap"] if val_split is not None else None}
 
 
-def train_step(models, source, batch, optimizer, params, weights, clip, lr, device, bf16) -> dict[str, torch.Tensor]:
-    """One iteration; returns detached scalars (no host sync here: the caller logs).
-    `models`: the networks as called (DDP-wrapped under torchrun)."""
+def train_step(models, source, batch, optimizer, params, weights, clip, lr, device, bf16,
+               skippable: bool = False) -> dict[str, torch.Tensor]:
+    """One iteration; returns detached scalars. One host sync, the non-finite check; the caller
+    logs. `models`: the networks as called (DDP-wrapped under torchrun). `skippable`: a batch
+    with a non-finite loss may be skipped (--skip-nonfinite), so keep what it would change."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    # A batch skipped for a non-finite loss must leave no trace; its forward moves BatchNorm statistics.
+    # A skipped batch must leave no trace, and its forward moves BatchNorm statistics. Without
+    # --skip-nonfinite a non-finite loss ends the run, so the copies are not needed.
     norm_stats = [b for model in models.values() for m in model.modules()
-                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for b in m.buffers()]
+                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for b in m.buffers()] if skippable else []
     norm_stats_before = [b.clone() for b in norm_stats]
     images = batch.images.contiguous(memory_format=memory_format(device))
     with autocast(device, bf16):
