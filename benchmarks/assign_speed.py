@@ -13,11 +13,11 @@ import warnings
 
 import torch
 
-from benchmarks.reference_paa import reference_assign
 from lad_cli.assign.paa import paa_assign
-from lad_cli.assign.targets import Targets
 from lad_cli.data.views import padded_hw
 from lad_cli.model.anchors import AnchorLayout
+from lad_cli.structures import Targets
+from tests.reference_paa import reference_assign
 
 
 def make_inputs(images: int, gts: int, hw: tuple[int, int], classes: int, seed: int):

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lad_cli.cache import PAD, AssignmentCache, Provenance, cache_info
 from lad_cli.data.views import padded_hw
+from lad_cli.distill.cache.store import AssignmentCache, Provenance
+from lad_cli.distill.cache.verify import cache_info
 from lad_cli.model.anchors import AnchorLayout
 
 
@@ -74,7 +75,7 @@ def main() -> None:
               "targets": {"bytes_per_coco_entry": 4096, "files_per_10000_entries": 10}}
     if (args.cache / "zarr.json").is_file():
         store = AssignmentCache.open(args.cache)
-        info = cache_info(store, AnchorLayout.from_dict(store.provenance.anchor_layout))
+        info = cache_info(args.cache)
         positives = sum(int((slab >= 0).sum()) for _, slab in store.slabs())
         result["embedded"] = {"cache": str(args.cache), "entries": info["entries"], "bytes_per_entry": info["bytes_per_entry"],
                               "sparse_bytes_per_entry": round(6 * positives / info["entries"], 1), "files": info["files"]}

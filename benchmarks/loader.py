@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
-from lad_cli.assign.offline import run_assign
-from lad_cli.data.synth import write_synth
 from lad_cli.data.coco import load_split, locate_split
+from lad_cli.data.synth import write_synth
 from lad_cli.demo import MODEL, SCHEDULE, student_config
-from lad_cli.train.checkpoint import model_checkpoint, new_detector, save_atomic
-from lad_cli.train.loop import train
+from lad_cli.distill.cache.build import run_assign
+from lad_cli.distill.config import AssignConfig
+from lad_cli.engine.checkpoint import model_checkpoint, save_atomic
+from lad_cli.engine.loop import train
+from lad_cli.model.build import new_detector
 
 
 def cached_setup(root: Path, images: int, device: str) -> tuple[Path, Path]:
@@ -35,7 +37,7 @@ def cached_setup(root: Path, images: int, device: str) -> tuple[Path, Path]:
     net = new_detector(MODEL["arch"], len(split.categories), MODEL["width"], MODEL["head_depth"], None, MODEL["anchor_scale"])
     save_atomic(model_checkpoint(net, split, student_config(data, seed=0)), root / "teacher.pt")
     cache = root / "cache.zarr"
-    run_assign(root / "teacher.pt", data, "train", None, None, cache, "orig,flip", SCHEDULE["batch"], device, 0)
+    run_assign(AssignConfig(str(root / "teacher.pt"), str(data), cache=str(cache), batch=SCHEDULE["batch"], device=device))
     return data, cache
 
 

@@ -17,33 +17,37 @@ from pathlib import Path
 
 import torch
 
-from lad_cli.assign.offline import run_assign
 from lad_cli.data.coco import load_split, locate_split
-from lad_cli.data.dataset import Collate, DetectionDataset
+from lad_cli.data.dataset import DetectionDataset
+from lad_cli.data.loader import make_loader
 from lad_cli.data.sampler import ViewBatchSampler
 from lad_cli.data.synth import write_synth
 from lad_cli.data.views import parse_views
+from lad_cli.distill.cache.build import run_assign
+from lad_cli.distill.config import AssignConfig
+from lad_cli.distill.sources import build_source
+from lad_cli.engine.checkpoint import model_checkpoint, save_atomic
+from lad_cli.engine.config import TrainConfig
+from lad_cli.engine.step import train_step
 from lad_cli.losses import LossWeights
+from lad_cli.model.build import new_detector
 from lad_cli.runtime import use_bf16
-from lad_cli.train.checkpoint import model_checkpoint, new_detector, save_atomic
-from lad_cli.train.config import TrainConfig
-from lad_cli.train.loop import train_step
-from lad_cli.train.sources import build_source
 
 
 def make_step(cfg: TrainConfig, split, device, bf16: bool):
     """A closure running one whole iteration (batch loading included) of the mode `cfg` names."""
     torch.manual_seed(cfg.seed)
-    nets = {"student": new_detector(cfg.arch, len(split.categories), cfg.width, cfg.head_depth, None)}
-    source = build_source(cfg, nets, split, device, bf16)
+    student = new_detector(cfg.arch, len(split.categories), cfg.width, cfg.head_depth, None)
+    source = build_source(cfg, student, split, device, bf16)
+    nets = {"student": student, **source.peers()}
     for net in nets.values():
         net.to(device).train()
     params = [p for net in nets.values() for p in net.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9)
     dataset = DetectionDataset(split, parse_views(cfg.views, cfg.size, cfg.max_size), 128)
-    dataset = getattr(source, "wrap_dataset", lambda d: d)(dataset)
+    dataset = source.wrap_dataset(dataset)
     sampler = ViewBatchSampler(dataset.shapes(), cfg.batch, cfg.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(128))
+    loader = make_loader(dataset, sampler, 128, 0, device)
     weights = LossWeights(box_weighting=source.box_weighting)
     batches = iter(loader)
 
@@ -81,8 +85,8 @@ def main() -> None:
                           max_size=args.max_size, batch=args.batch, device=args.device, amp=args.amp)
         teacher = new_detector("resnet50", len(split.categories), args.width, 2, None)
         save_atomic(model_checkpoint(teacher, split, cfg), tmp / "teacher.pt")
-        run_assign(tmp / "teacher.pt", tmp / "data", "train", None, None, tmp / "cache.zarr", "orig,flip", args.batch,
-                   args.device, 0, amp=args.amp)
+        run_assign(AssignConfig(str(tmp / "teacher.pt"), str(tmp / "data"), cache=str(tmp / "cache.zarr"),
+                                batch=args.batch, device=args.device, amp=args.amp))
         steps = {"baseline": make_step(cfg, split, device, bf16),
                  "online": make_step(replace(cfg, teacher=str(tmp / "teacher.pt")), split, device, bf16),
                  "cached": make_step(replace(cfg, cache=str(tmp / "cache.zarr")), split, device, bf16)}

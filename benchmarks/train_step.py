@@ -16,10 +16,10 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from lad_cli.assign.paa import paa_assign
-from lad_cli.assign.targets import Targets
 from lad_cli.losses import detection_loss
 from lad_cli.model.detector import DetectorConfig, PAADetector
 from lad_cli.runtime import autocast
+from lad_cli.structures import Targets
 
 
 def batch_of(n, size, classes, seed=0):

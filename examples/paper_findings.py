@@ -1,4 +1,4 @@
-"""The paper's comparisons (METHOD.md sections 3-5) on the embedded dataset, over several seeds.
+"""The paper's comparisons (docs/method.md: LAD, soft labels, co-learning) on the embedded dataset, over several seeds.
 
     python examples/paper_findings.py --out findings [--quick] [--resume | --overwrite]
 
@@ -36,12 +36,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lad_cli.assign.offline import run_assign  # noqa: E402
 from lad_cli.data.make import synthesize  # noqa: E402
 from lad_cli.demo import SCHEDULE, evaluate_run, student_config  # noqa: E402
+from lad_cli.distill.cache.build import run_assign  # noqa: E402
+from lad_cli.distill.config import AssignConfig  # noqa: E402
+from lad_cli.engine.loop import train  # noqa: E402
 from lad_cli.errors import LadError, one_line  # noqa: E402
 from lad_cli.runtime import console  # noqa: E402
-from lad_cli.train.loop import train  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,8 @@ class Experiment:
             folder, cache = self.teacher_dir(short), self.cache_path(short)
             config = student_config(self.data, 0, self.scale.teacher_epochs, arch=arch, warmup=self.scale.teacher_warmup)
             found[short] = self.run(folder, config, f"teacher {short}")["last.pt"]
-            run_assign(folder / "last.pt", self.data, "train", None, None, cache, "orig,flip", SCHEDULE["batch"],
-                       SCHEDULE["device"], 0, resume=self.resume and cache.exists(), overwrite=self.overwrite)
+            run_assign(AssignConfig(str(folder / "last.pt"), str(self.data), cache=str(cache), batch=SCHEDULE["batch"],
+                                    device=SCHEDULE["device"], resume=self.resume and cache.exists(), overwrite=self.overwrite))
         return found
 
     def students(self, seed: int) -> dict:

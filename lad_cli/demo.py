@@ -6,21 +6,21 @@ synth -> teacher-train -> assign --cache -> two students of one architecture and
 import json
 import time
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 
-from .assign.offline import run_assign
 from .data.make import synthesize
-from .evaluate import METRIC_KEYS, run_eval
+from .distill.cache.build import run_assign
+from .distill.config import AssignConfig
+from .engine.config import EvalConfig, TrainConfig
+from .engine.evaluate import format_rows, run_eval
+from .engine.loop import train
 from .runtime import console
-from .train.config import TrainConfig
-from .train.loop import train
 
-# The CPU preset: a narrow ResNet-18 PAA at a small input size, anchors sized for it.
-DATA = {"train": 500, "val": 150, "seed": 0}
-MODEL = {"arch": "resnet18", "width": 64, "head_depth": 2, "size": 160, "max_size": 256, "anchor_scale": 4}
-SCHEDULE = {"batch": 8, "lr": 0.02, "warmup": 50, "log_every": 10, "workers": 0, "device": "auto"}
-TEACHER_EPOCHS = 10
-STUDENT_EPOCHS = 4
+# The CPU preset (demo_preset.json): dataset size, network, schedule, epochs.
+PRESET = json.loads(resources.files(__package__).joinpath("demo_preset.json").read_text())
+DATA, MODEL, SCHEDULE = PRESET["data"], PRESET["model"], PRESET["schedule"]
+TEACHER_EPOCHS, STUDENT_EPOCHS = PRESET["teacher_epochs"], PRESET["student_epochs"]
 
 
 def timed(name: str, fn, seconds: dict):
@@ -32,7 +32,7 @@ def timed(name: str, fn, seconds: dict):
 
 
 def evaluate_run(run: Path, data: Path, checkpoint: str = "last.pt") -> dict:
-    return run_eval(run / checkpoint, data, "val", None, None, None, SCHEDULE["batch"], SCHEDULE["device"], 0)[0]
+    return run_eval(EvalConfig(str(run / checkpoint), str(data), batch=SCHEDULE["batch"], device=SCHEDULE["device"]))[0]
 
 
 def student_config(data: Path, seed: int, epochs: int | None = None, **changes) -> TrainConfig:
@@ -51,8 +51,9 @@ def prepare_teacher(out: Path, overwrite: bool, seconds: dict | None = None) -> 
     config = TrainConfig(out=str(teacher), data=str(data), epochs=TEACHER_EPOCHS, lr_steps=str(TEACHER_EPOCHS - 1),
                          eval_every=TEACHER_EPOCHS, **MODEL, **SCHEDULE)
     summary = timed("teacher-train", lambda: train(config, overwrite=overwrite), seconds)
-    timed("assign --cache", lambda: run_assign(teacher / "last.pt", data, "train", None, None, cache, "orig,flip",
-                                               SCHEDULE["batch"], SCHEDULE["device"], 0, overwrite=overwrite), seconds)
+    assign = AssignConfig(str(teacher / "last.pt"), str(data), cache=str(cache), batch=SCHEDULE["batch"],
+                          device=SCHEDULE["device"], overwrite=overwrite)
+    timed("assign --cache", lambda: run_assign(assign), seconds)
     return data, cache, summary["val"]
 
 
@@ -80,9 +81,4 @@ def run_demo(out: Path, overwrite: bool = False) -> str:
 
 
 def format_results(rows: dict, seconds: float) -> str:
-    width = max(len(n) for n in rows)
-    lines = [f"{'model':<{width}}  " + "  ".join(f"{k:>6}" for k in METRIC_KEYS)]
-    for name, m in rows.items():
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{'-':>6}" if m[k] is None else f"{m[k]:6.3f}" for k in METRIC_KEYS))
-    lines.append(f"(val split of the embedded dataset; {seconds:.0f} s in all)")
-    return "\n".join(lines)
+    return f"{format_rows(rows)}\n(val split of the embedded dataset; {seconds:.0f} s in all)"

@@ -1,4 +1,4 @@
-"""Detection losses of a PAA head given an assignment (METHOD.md section 1).
+"""Detection losses of a PAA head given an assignment (docs/method.md, "Losses").
 
 Shapes: N images, A anchors, C classes, M GT slots. Every term is a sum over the
 batch divided by a batch-level count, so the loss of a batch does not depend on
@@ -11,11 +11,15 @@ import torch
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from .assign.targets import Targets
-from .boxes import aligned_iou, pairwise_iou
 from .model import coder
+from .model.boxes import aligned_iou, pairwise_iou
+from .structures import IGNORE, Targets
 
 BOX_WEIGHTINGS = ("iou", "mean")
+# The classification and box loss of the head; PAA's anchor cost is the same two terms.
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+GIOU_WEIGHT = 1.3
 
 
 def _identity(t: Tensor) -> Tensor:
@@ -24,9 +28,9 @@ def _identity(t: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    box: float = 1.3
+    focal_alpha: float = FOCAL_ALPHA
+    focal_gamma: float = FOCAL_GAMMA
+    box: float = GIOU_WEIGHT
     iou: float = 0.5
     # "iou": GIoU weighted by the IoU of the predicted box (PAA); "mean": plain mean (reference LAD head).
     box_weighting: str = "iou"
@@ -67,7 +71,7 @@ def detection_loss(
     cls_target = torch.zeros_like(cls_logits, dtype=torch.float32)
     cls_target.scatter_(-1, torch.gather(targets.labels, 1, gt)[..., None], on_positive.float())
     cls_loss = sigmoid_focal_loss(cls_logits.float(), cls_target, weights.focal_alpha, weights.focal_gamma)
-    cls_loss = (cls_loss.sum(-1) * (matched_idxs != -2)).sum() / torch.maximum(num_pos, num_images)
+    cls_loss = (cls_loss.sum(-1) * (matched_idxs != IGNORE)).sum() / torch.maximum(num_pos, num_images)
 
     giou = generalized_box_iou_loss(pred_boxes, gt_boxes, reduction="none")
     if weights.box_weighting == "iou":
@@ -81,12 +85,12 @@ def detection_loss(
 
 @dataclass(frozen=True)
 class SoftLabelWeights:
-    """Soft-label distillation (METHOD.md section 4): class KL weight, IoU-branch KL weight,
+    """Soft-label distillation (docs/method.md, "Soft labels"): class KL weight, IoU-branch KL weight,
     GIoU-to-teacher weight, focal exponent, teacher-box IoU threshold for the box terms."""
 
     cls: float = 2.0
     iou: float = 10.0
-    box: float = 1.3
+    box: float = GIOU_WEIGHT
     gamma: float = 0.5
     box_iou_threshold: float = 0.5
 

@@ -1,9 +1,12 @@
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from lad_cli.cli import app
 from lad_cli.data.synth import write_synth
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -20,3 +23,23 @@ def synth_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     write_synth(root, 12, 6, seed=3)
     return root
+
+
+def invoke(*args):
+    """`lad ARGS` run in-process (typer's CliRunner): its result, stdout and stderr apart."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def teacher_run(synth_data, tmp_path_factory) -> Path:
+    """The run folder of one tiny teacher, 2 epochs of TINY on `synth_data` without
+    validation, shared by the LAD, distillation and fault tests: read it, never write to it."""
+    out = tmp_path_factory.mktemp("teacher") / "teacher"
+    result = invoke("teacher-train", "--data", synth_data, "--out", out, "--epochs", "2", "--val-split", "", *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def teacher(teacher_run) -> Path:
+    return teacher_run / "last.pt"

@@ -7,11 +7,11 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from benchmarks.reference_paa import reference_assign
 from lad_cli.assign.gmm import fit_two_gaussians, split_low_component
-from lad_cli.assign.paa import BACKGROUND, IGNORE, PAAParams, candidates, paa_assign
-from lad_cli.assign.targets import Targets
+from lad_cli.assign.paa import PAAParams, candidates, paa_assign
 from lad_cli.model.anchors import AnchorLayout
+from lad_cli.structures import BACKGROUND, IGNORE, Targets
+from tests.reference_paa import reference_assign
 
 warnings.filterwarnings("ignore", category=ConvergenceWarning)
 

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from lad_cli.cli import app
 from lad_cli.data.coco import load_split, locate_split
-from lad_cli.train.checkpoint import model_checkpoint, new_detector
+from lad_cli.engine.checkpoint import model_checkpoint
+from lad_cli.model.build import new_detector
 from tests.conftest import TINY
 
 runner = CliRunner()

@@ -4,27 +4,19 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from lad_cli.assign.colearn import colearn_assign
 from lad_cli.assign.paa import PAAParams, candidate_costs, candidates, paa_assign
-from lad_cli.assign.teacher import Teacher
-from lad_cli.cli import app
 from lad_cli.data.coco import load_split, locate_split
 from lad_cli.data.dataset import Collate, DetectionDataset
 from lad_cli.data.views import parse_views
+from lad_cli.distill.sources import TeacherAssignment
+from lad_cli.distill.teacher import Teacher
 from lad_cli.losses import SoftLabelWeights, binary_kl_with_logits, soft_label_loss
-from lad_cli.model.detector import Predictions
-from lad_cli.train.checkpoint import new_detector
-from lad_cli.train.sources import TeacherAssignment
-from tests.conftest import TINY
+from lad_cli.model.build import new_detector
+from lad_cli.structures import Predictions
+from tests.conftest import TINY, invoke
 from tests.test_assign import random_batch
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def preds(cls, deltas):
@@ -86,14 +78,6 @@ def test_soft_label_gradient_is_finite_where_student_and_teacher_tie():
     assert torch.isfinite(grad).all() and float(grad[0].abs().max()) == 0.0 and float(grad[1].abs().max()) > 0
 
 
-@pytest.fixture(scope="module")
-def teacher(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("kd") / "teacher"
-    result = invoke("teacher-train", "--data", synth_data, "--out", out, "--epochs", "1", "--val-split", "", *TINY)
-    assert result.exit_code == 0, result.output
-    return out / "last.pt"
-
-
 def test_own_assignment_source_assigns_with_the_student_and_keeps_the_teachers_outputs(teacher, synth_data):
     online = Teacher(teacher, torch.device("cpu"))
     split = load_split(*locate_split(synth_data, "train"))
@@ -106,7 +90,7 @@ def test_own_assignment_source_assigns_with_the_student_and_keeps_the_teachers_o
         outputs = {"student": student(batch.images)}
     anchors, counts = student.anchors(batch.padded_hw, torch.device("cpu"))
     source = TeacherAssignment(online, SoftLabelWeights(cls=10.0), own_assignment=True)
-    out = source(batch, outputs, anchors, counts)
+    out = source.assign(batch, outputs, anchors, counts)
     own = paa_assign(anchors, counts, outputs["student"].cls_logits, outputs["student"].box_deltas, batch.targets)
     assert torch.equal(out.matched_idxs, own) and (own >= 0).any()
     assert torch.equal(out.teacher.cls_logits, online.predict(batch.images).cls_logits)

@@ -1,6 +1,5 @@
 """COCO reading, validation errors (one line, exit 2), views and the batch sampler."""
 import json
-import shutil
 
 import numpy as np
 import pytest

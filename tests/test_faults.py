@@ -16,21 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 import zarr
-from typer.testing import CliRunner
 
-from lad_cli.cache import AssignmentCache
-from lad_cli.cli import app
-from lad_cli.train import loop
-from lad_cli.train.checkpoint import load_checkpoint
-from tests.conftest import TINY
+from lad_cli.distill.cache.store import AssignmentCache
+from lad_cli.engine import loop, step
+from lad_cli.model.build import load_checkpoint
+from tests.conftest import TINY, invoke
 
-runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def error_line(result) -> str:
@@ -58,14 +52,6 @@ def tree_bytes(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def teacher(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("faults") / "teacher"
-    result = invoke("teacher-train", "--data", synth_data, "--out", out, "--epochs", "1", "--val-split", "", *TINY)
-    assert result.exit_code == 0, result.output
-    return out / "last.pt"
-
-
-@pytest.fixture(scope="module")
 def cache(teacher, synth_data, tmp_path_factory):
     """The uninterrupted store every interrupted one must equal."""
     path = tmp_path_factory.mktemp("faults") / "reference.zarr"
@@ -80,7 +66,7 @@ def cache(teacher, synth_data, tmp_path_factory):
 # on disk, so that a test can kill the process at a chosen point of the run.
 PACED_ASSIGN = """
 import time
-from lad_cli.cache import AssignmentCache
+from lad_cli.distill.cache.store import AssignmentCache
 from lad_cli.cli import main
 write = AssignmentCache.write_shard
 def paced(self, shard, *args):
@@ -94,7 +80,7 @@ main()
 PACED_TRAIN = """
 import os, time
 from lad_cli.cli import main
-from lad_cli.train import loop
+from lad_cli.engine import loop
 save = loop.save_atomic
 def paced(obj, path):
     save(obj, path)
@@ -168,11 +154,9 @@ def test_killed_assign_resumes_to_the_same_store(teacher, cache, synth_data, tmp
 # --- 2. killed training; 5. full disk during a save ------------------------------------------
 
 @pytest.fixture(scope="module")
-def reference_run(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("faults") / "uninterrupted"
-    result = invoke("teacher-train", "--data", synth_data, "--out", out, "--epochs", "2", "--val-split", "", *TINY)
-    assert result.exit_code == 0, result.output
-    return out
+def reference_run(teacher_run):
+    """An uninterrupted run of the training the kill tests interrupt: 2 epochs, TINY, no validation."""
+    return teacher_run
 
 
 def assert_same_training_state(run: Path, reference: Path) -> None:
@@ -362,7 +346,7 @@ def test_read_only_output_folder(teacher, synth_data, tmp_path):
     ({2}, 1, None),
 ])
 def test_non_finite_loss_stops_or_skips(synth_data, tmp_path, monkeypatch, nan_at, skip, expected):
-    real_loss, real_save = loop.detection_loss, loop.save_atomic
+    real_loss, real_save = step.detection_loss, loop.save_atomic
     calls, saved = [], {}
 
     def loss_going_nan(*args, **kwargs):
@@ -376,7 +360,7 @@ def test_non_finite_loss_stops_or_skips(synth_data, tmp_path, monkeypatch, nan_a
         saved[obj["state"]["iteration"]] = {k: v.clone() for k, v in obj["model"].items()}
         real_save(obj, path)
 
-    monkeypatch.setattr(loop, "detection_loss", loss_going_nan)
+    monkeypatch.setattr(step, "detection_loss", loss_going_nan)
     monkeypatch.setattr(loop, "save_atomic", recording_save)
     run = tmp_path / "run"
     result = invoke("teacher-train", "--data", synth_data, "--out", run, "--epochs", "1", "--val-split", "",

@@ -4,11 +4,11 @@ import math
 import torch
 from torchvision.ops import box_iou, generalized_box_iou, sigmoid_focal_loss
 
-from lad_cli.assign.targets import Targets
-from lad_cli.boxes import aligned_iou, pairwise_iof, pairwise_iou
 from lad_cli.losses import LossWeights, detection_loss
 from lad_cli.model import coder
 from lad_cli.model.anchors import AnchorLayout
+from lad_cli.model.boxes import aligned_iou, pairwise_iof, pairwise_iou
+from lad_cli.structures import Targets
 
 
 def random_boxes(n, seed):

@@ -4,8 +4,8 @@ import math
 import torch
 from torchvision.ops import box_iou
 
-from lad_cli.model.detector import Predictions
-from lad_cli.model.inference import InferenceParams, postprocess, score_voting
+from lad_cli.model.postprocess import InferenceParams, postprocess, score_voting
+from lad_cli.structures import Predictions
 
 
 def test_score_voting_by_hand():

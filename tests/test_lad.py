@@ -1,37 +1,18 @@
 """LAD end to end: assign --cache, cache info/verify, cached vs online equivalence, co-learning."""
 import json
 
-import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from lad_cli.assign import offline
-from lad_cli.assign.teacher import Teacher
-from lad_cli.cache import AssignmentCache, anchor_counts
-from lad_cli.cli import app
 from lad_cli.data.coco import load_split, locate_split
 from lad_cli.data.dataset import Collate, DetectionDataset
 from lad_cli.data.sampler import ViewBatchSampler
 from lad_cli.data.views import parse_views
+from lad_cli.distill.cache.store import AssignmentCache, anchor_counts
+from lad_cli.distill.teacher import Teacher
+from lad_cli.model.build import load_checkpoint
 from lad_cli.runtime import use_bf16
-from lad_cli.train.checkpoint import load_checkpoint
-from tests.conftest import TINY
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
-
-
-@pytest.fixture(scope="module")
-def teacher(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lad") / "teacher"
-    result = invoke("teacher-train", "--data", synth_data, "--out", out, "--epochs", "2", "--val-split", "", *TINY)
-    assert result.exit_code == 0, result.output
-    return out / "last.pt"
+from tests.conftest import TINY, invoke
 
 
 @pytest.fixture(scope="module")

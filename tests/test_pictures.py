@@ -8,21 +8,13 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.mixture import GaussianMixture
-from typer.testing import CliRunner
 
 from lad_cli.assign.inspect import gt_fits
 from lad_cli.assign.paa import paa_assign
-from lad_cli.cli import app
 from lad_cli.viz import plot, show_assign
 from lad_cli.viz.draw import DPI, palette, save_png
-from tests.conftest import TINY
+from tests.conftest import TINY, invoke
 from tests.test_assign import random_batch
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

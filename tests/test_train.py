@@ -7,8 +7,8 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from lad_cli.cli import app
-from lad_cli.train import loop
-from lad_cli.train.checkpoint import load_checkpoint
+from lad_cli.engine import loop
+from lad_cli.model.build import load_checkpoint
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -96,7 +96,7 @@ def test_eval_json_and_detections(trained, synth_data, tmp_path):
 
 def test_eval_of_perfect_detections_is_one(synth_data):
     from lad_cli.data.coco import load_split, locate_split
-    from lad_cli.evaluate import coco_metrics
+    from lad_cli.engine.evaluate import coco_metrics
 
     split = load_split(*locate_split(synth_data, "val"))
     doc = json.loads(split.ann_file.read_text())

@@ -1,10 +1,9 @@
-"""Co-learning LAD (METHOD.md section 5): two networks, one assignment, a dynamic switch."""
+"""Co-learning LAD (docs/method.md, "Co-learning"): two networks, one assignment, a dynamic switch."""
 import torch
 from torch import Tensor
 
-from ..model.detector import Predictions
+from ..structures import Predictions, Targets
 from .paa import PAAParams, assign_from_costs, candidate_costs, candidates
-from .targets import Targets
 
 SWITCH_RULES = ("gt-level", "iteration")
 

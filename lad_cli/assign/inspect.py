@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..structures import Targets
 from .paa import PAAParams, candidate_costs, candidates, fit_pooled
-from .targets import Targets
 
 
 @dataclass

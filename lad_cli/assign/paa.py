@@ -1,9 +1,9 @@
-"""PAA label assignment (METHOD.md section 2), batched over images and GTs.
+"""PAA label assignment (docs/method.md, "PAA assignment"), batched over images and GTs.
 
 Shapes: N images, A anchors (one padded shape per batch), M GT slots (padded, see
 `Targets.valid`), C classes, L pyramid levels, K = L x topk pooled candidates per GT.
 An assignment is torchvision's `matched_idxs`: (N, A) int64, the GT index of each
-anchor, BACKGROUND (-1) or IGNORE (-2).
+anchor, BACKGROUND (-1) or IGNORE (-2) (`lad_cli.structures`).
 """
 from dataclasses import asdict, dataclass
 
@@ -11,22 +11,21 @@ import torch
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..boxes import pairwise_iof, pairwise_iou
+from ..losses import FOCAL_ALPHA, FOCAL_GAMMA, GIOU_WEIGHT
 from ..model import coder
+from ..model.anchors import anchor_levels
+from ..model.boxes import pairwise_iof, pairwise_iou
+from ..structures import BACKGROUND, IGNORE, Targets
 from .gmm import Mixture, fit_two_gaussians, split_low_component
-from .targets import Targets
-
-BACKGROUND = -1
-IGNORE = -2
 
 
 @dataclass(frozen=True)
 class PAAParams:
     candidate_iou: float = 0.1
     topk: int = 9
-    box_cost_weight: float = 1.3
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    box_cost_weight: float = GIOU_WEIGHT
+    focal_alpha: float = FOCAL_ALPHA
+    focal_gamma: float = FOCAL_GAMMA
     # Negatives covered this much by a crowd region are ignored (not the reference: it has no ignore).
     crowd_iof: float = 0.5
     tol: float = 1e-3
@@ -97,8 +96,7 @@ def pooled_topk(cost: Tensor, cand: Tensor, num_per_level: list[int], num_gts: i
     dense (N, M, A) matrices.
     """
     n, levels = cand.shape[0], len(num_per_level)
-    level_of = torch.repeat_interleave(torch.arange(levels, device=cand.device),
-                                       torch.tensor(num_per_level, device=cand.device))
+    level_of = anchor_levels(num_per_level, cand.device)
     img, anc = (cand >= 0).nonzero(as_tuple=True)  # row-major: ties stay in anchor order
     gt, c = cand[img, anc], cost[img, anc]
     order, rank = _group_sort((img * num_gts + gt) * levels + level_of[anc], c)

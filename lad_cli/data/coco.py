@@ -41,6 +41,13 @@ class CocoSplit:
     def category_id(self, label: int) -> int:
         return self.categories[label]["id"]
 
+    def check_categories(self, categories: list[dict], who: str) -> None:
+        """Refuse a network (or a cache) made for other classes; `who` names it ("FILE: teacher")."""
+        theirs, ours = [c["id"] for c in categories], [c["id"] for c in self.categories]
+        if theirs != ours:
+            raise LadError(f"{who} was trained on other categories than {self.ann_file} "
+                           f"(category ids {theirs}, the file has {ours})")
+
 
 def locate_split(data: Path | None, split: str, ann: Path | None = None, images: Path | None = None) -> tuple[Path, Path]:
     """(annotation file, image folder) for `--data DIR [--split]` or `--ann FILE --images DIR`."""

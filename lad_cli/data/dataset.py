@@ -3,11 +3,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 
-from ..assign.targets import Targets
 from ..errors import LadError
+from ..structures import Targets
 from .coco import CocoSplit
 from .views import View, apply_view, padded_hw, resized_hw
 
@@ -40,7 +40,7 @@ class Batch:
         return tuple(self.images.shape[-2:])
 
     def pin_memory(self) -> "Batch":
-        return Batch(self.images.pin_memory(), Targets(*(t.pin_memory() for t in self.targets.__dict__.values())),
+        return Batch(self.images.pin_memory(), self.targets.pin_memory(),
                      self.indices, self.view_ids, self.image_hw,
                      None if self.matched_idxs is None else self.matched_idxs.pin_memory())
 
@@ -68,6 +68,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     def shapes(self) -> list[list[tuple[int, int]]]:
         """Padded shape of every (image, view), from the annotation sizes alone."""
         return [[self.padded_shape(i, v) for v in range(len(self.views))] for i in range(len(self))]
+
+    def entry_shapes(self) -> np.ndarray:
+        """(images x views, 2) int32: the padded shapes in cache-entry order (image x V + view)."""
+        return np.array(self.shapes(), dtype=np.int32).reshape(-1, 2)
 
     def read_image(self, index: int) -> Tensor:
         rec = self.split.images[index]

@@ -48,3 +48,9 @@ class AnchorLayout:
     @staticmethod
     def from_dict(d: dict) -> "AnchorLayout":
         return AnchorLayout(tuple(d["strides"]), d["octave_base_scale"], d["centre_offset"])
+
+
+def anchor_levels(num_per_level: list[int], device: torch.device | str = "cpu") -> Tensor:
+    """(A,) int64: the pyramid level (0 = P3) of every anchor, in the anchors' order."""
+    return torch.repeat_interleave(torch.arange(len(num_per_level), device=device),
+                                   torch.tensor(num_per_level, device=device))

@@ -5,8 +5,10 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from ..structures import Predictions
 from .anchors import AnchorLayout
-from .backbone import FPN, ResNetC3C5
+from .backbone import ResNetC3C5
+from .fpn import FPN
 from .head import PAAHead
 
 
@@ -26,15 +28,6 @@ class DetectorConfig:
     @staticmethod
     def from_dict(d: dict) -> "DetectorConfig":
         return DetectorConfig(**{**d, "layout": AnchorLayout.from_dict(d["layout"])})
-
-
-@dataclass
-class Predictions:
-    """cls_logits (N, A, C), box_deltas (N, A, 4), iou_logits (N, A)."""
-
-    cls_logits: Tensor
-    box_deltas: Tensor
-    iou_logits: Tensor
 
 
 class PAADetector(nn.Module):

@@ -14,13 +14,15 @@ import torch
 from matplotlib.patches import Rectangle
 
 from ..assign.inspect import GTFit, gt_fits
-from ..assign.paa import IGNORE, PAAParams
-from ..assign.teacher import Teacher
+from ..assign.paa import PAAParams
 from ..data.coco import CocoSplit, load_split, locate_split
 from ..data.dataset import DetectionDataset, collate
 from ..data.views import MEAN, STD, View, parse_views
+from ..distill.teacher import Teacher
 from ..errors import LadError
+from ..model.anchors import anchor_levels
 from ..runtime import resolve_device, use_bf16
+from ..structures import IGNORE
 from .draw import new_figure, palette, save_png
 
 MAX_GTS = 8  # mixture plots per network; further GTs are drawn on the image only
@@ -69,11 +71,6 @@ def _find_image(split: CocoSplit, image_id: int) -> int:
     raise LadError(f"{split.ann_file}: no image id {image_id}")
 
 
-def _check_network(net: Teacher, name: str, split: CocoSplit) -> None:
-    if [c["id"] for c in net.categories] != [c["id"] for c in split.categories]:
-        raise LadError(f"{net.path}: {name} was trained on other categories than {split.ann_file}")
-
-
 def collect(teacher_path: Path, student_path: Path | None, data, split_name: str, ann, images, image_id: int,
             view_name: str, device_name: str, amp: str = "auto", params: PAAParams = PAAParams()) -> Scene:
     """Run the teacher (and the student) on one (image, view) and gather what the figure shows."""
@@ -81,12 +78,12 @@ def collect(teacher_path: Path, student_path: Path | None, data, split_name: str
     bf16 = use_bf16(device, amp)
     teacher = Teacher(teacher_path, device, bf16)
     split = load_split(*locate_split(data, split_name, ann, images))
-    _check_network(teacher, "teacher", split)
+    teacher.check_data(split)
     networks = [("teacher", teacher)]
     if student_path is not None:
         # A frozen, eval-mode network is what the student's own assignment is computed from here.
         student = Teacher(student_path, device, bf16)
-        _check_network(student, "student", split)
+        student.check_data(split, "student")
         if student.model.config.layout != teacher.model.config.layout:
             raise LadError(f"{student_path}: student anchor layout {student.model.config.layout} differs from the teacher's")
         networks.append(("student", student))
@@ -114,7 +111,7 @@ def collect(teacher_path: Path, student_path: Path | None, data, split_name: str
         category_ids=[split.category_id(int(lab)) for lab in rec.labels],
         category_names=[split.categories[int(lab)]["name"] for lab in rec.labels],
         anchors=anchors.cpu().numpy(),
-        levels=np.repeat(np.arange(len(counts)), counts),
+        levels=anchor_levels(counts).numpy(),
         panels=panels,
     )
 
@@ -214,7 +211,7 @@ def summary(scene: Scene, out: Path) -> dict:
     }
 
 
-def run_show_assign(teacher: Path, student: Path | None, data, split: str, ann, images, image_id: int, view: str,
+def run_show_assign(*, teacher: Path, student: Path | None, data, split: str, ann, images, image_id: int, view: str,
                     out: Path, device: str, amp: str = "auto") -> dict:
     scene = collect(teacher, student, data, split, ann, images, image_id, view, device, amp)
     fig, _ = render(scene)

@@ -1,8 +1,18 @@
-"""Ground truth of a batch, padded to the largest GT count."""
+"""The shared vocabulary: ground truth, network outputs, detections, assignment codes.
+
+Imports nothing of lad_cli; every layer may import it. Shapes: N images, A anchors, M GT
+slots, K crowd slots, C classes, D detections.
+
+An assignment is torchvision's `matched_idxs`: (N, A) int64, the GT index of each anchor,
+BACKGROUND or IGNORE. Everything a loss needs follows from it, the GT and the anchors.
+"""
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+BACKGROUND = -1
+IGNORE = -2
 
 
 @dataclass
@@ -43,5 +53,27 @@ class Targets:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Targets":
         return Targets(*(t.to(device, non_blocking=non_blocking) for t in self.__dict__.values()))
 
+    def pin_memory(self) -> "Targets":
+        return Targets(*(t.pin_memory() for t in self.__dict__.values()))
+
     def select(self, index: Tensor) -> "Targets":
         return Targets(*(t[index] for t in self.__dict__.values()))
+
+
+@dataclass
+class Predictions:
+    """Head outputs of N images: cls_logits (N, A, C), box_deltas (N, A, 4), iou_logits (N, A)."""
+
+    cls_logits: Tensor
+    box_deltas: Tensor
+    iou_logits: Tensor
+
+
+@dataclass
+class Detections:
+    """One image's detections: boxes (D, 4) xyxy in input pixels, scores (D,), labels (D,)
+    int64 contiguous."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor

@@ -1,10 +1,11 @@
 """Assignment sources: where a batch's assignment comes from. The loop is the same for all.
 
-A source is called with the batch, every network's predictions, the anchors and the
-per-level anchor counts, and returns the batch's matched_idxs (plus scalars to log and,
-for soft labels, the teacher's outputs). Optional hooks: `wrap_dataset` (the cache reads
-its entries in the loader's workers), `subset` (images to train on), `extra_losses`.
+`AssignmentSource` is the contract the training loop relies on: `assign` gives the batch's
+matched_idxs (plus scalars to log and, for soft labels, the teacher's outputs) from the
+batch, every network's predictions, the anchors and the per-level anchor counts; the
+other hooks have no-op defaults and are overridden where a source needs them.
 """
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,16 +15,17 @@ from torch import Tensor
 
 from ..assign.colearn import colearn_assign
 from ..assign.paa import PAAParams, paa_assign
-from ..assign.teacher import Teacher
-from ..cache import AssignmentCache, Provenance, anchor_counts
 from ..data.coco import CocoSplit
 from ..data.dataset import Batch, DetectionDataset
 from ..dist import process_mean
 from ..errors import LadError
 from ..losses import SoftLabelWeights, soft_label_loss
-from ..model.detector import Predictions
+from ..model.build import load_checkpoint, load_detector, new_detector
+from ..model.detector import PAADetector
 from ..runtime import console
-from .checkpoint import build_detector, load_checkpoint, new_detector
+from ..structures import Predictions
+from .cache.store import AssignmentCache, Provenance, anchor_counts
+from .teacher import Teacher
 
 
 @dataclass
@@ -33,7 +35,35 @@ class SourceOutput:
     teacher: Predictions | None = None  # the teacher's outputs, for soft-label terms
 
 
-class OwnAssignment:
+class AssignmentSource(abc.ABC):
+    """What the training loop asks of an assignment source."""
+
+    # GIoU weighting of the GT losses on this source's assignment: "iou" as the PAA baseline,
+    # "mean" as the reference LAD head.
+    box_weighting: str = "mean"
+
+    @abc.abstractmethod
+    def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+        """The batch's assignment; `preds` holds every trained network's outputs by name."""
+
+    def peers(self) -> dict[str, PAADetector]:
+        """Networks trained alongside the student (by name), each on the same assignment."""
+        return {}
+
+    def wrap_dataset(self, dataset: DetectionDataset) -> torch.utils.data.Dataset:
+        """The training dataset as this source needs it read (the cache adds its entries)."""
+        return dataset
+
+    def subset(self) -> list[int] | None:
+        """The images to train on (None: all)."""
+        return None
+
+    def extra_losses(self, batch: Batch, preds: dict[str, Predictions], out: SourceOutput, anchors: Tensor) -> dict[str, Tensor]:
+        """Loss terms besides the GT losses (soft labels)."""
+        return {}
+
+
+class OwnAssignment(AssignmentSource):
     """PAA on the network's own (detached) predictions: the PAA baseline, `teacher-train`."""
 
     box_weighting = "iou"
@@ -41,12 +71,12 @@ class OwnAssignment:
     def __init__(self, params: PAAParams = PAAParams()):
         self.params = params
 
-    def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+    def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         own = preds["student"]
         return SourceOutput(paa_assign(anchors, counts, own.cls_logits, own.box_deltas, batch.targets, self.params))
 
 
-class TeacherAssignment:
+class TeacherAssignment(AssignmentSource):
     """Online LAD: a frozen teacher assigns every batch (optionally soft labels too). With
     `own_assignment` the student keeps its own PAA assignment and the teacher only gives the
     soft labels: soft-label distillation, the baseline the paper compares LAD with."""
@@ -58,14 +88,14 @@ class TeacherAssignment:
         # The GT losses weight boxes as their assignment's method does: the PAA baseline or the LAD head.
         self.box_weighting = OwnAssignment.box_weighting if own_assignment else "mean"
 
-    def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+    def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         if self.own is not None:
-            own = self.own(batch, preds, anchors, counts)
+            own = self.own.assign(batch, preds, anchors, counts)
             return SourceOutput(own.matched_idxs, teacher=self.teacher.predict(batch.images))
         matched, teacher_pred = self.teacher.assign(batch)
         return SourceOutput(matched, teacher=teacher_pred if self.soft else None)
 
-    def extra_losses(self, batch: Batch, preds: dict[str, Predictions], out: SourceOutput, anchors: Tensor) -> dict:
+    def extra_losses(self, batch: Batch, preds: dict[str, Predictions], out: SourceOutput, anchors: Tensor) -> dict[str, Tensor]:
         if self.soft is None:
             return {}
         num_pos = (out.matched_idxs >= 0).sum().float()
@@ -96,10 +126,8 @@ class CachedDataset(torch.utils.data.Dataset):
         return sample
 
 
-class CachedAssignment:
+class CachedAssignment(AssignmentSource):
     """Cached LAD: assignments read from a `lad assign --cache` store; no teacher in memory."""
-
-    box_weighting = "mean"
 
     def __init__(self, path: Path, split: CocoSplit, layout, allow_partial: bool):
         self.path = Path(path)
@@ -120,11 +148,14 @@ class CachedAssignment:
                                "(finish it with lad assign --resume, or pass --allow-partial)")
             console.print(f"[yellow]--allow-partial: cache incomplete ({counts}): training on the {int(done.sum())} "
                           f"of {len(done)} images whose entries are all done")
-        self.subset = np.nonzero(done)[0].tolist()
+        self.images_done = np.nonzero(done)[0].tolist()
 
     @property
     def views(self) -> list[dict]:
         return self.cache.attrs["views"]
+
+    def subset(self) -> list[int]:
+        return self.images_done
 
     def wrap_dataset(self, dataset: DetectionDataset) -> CachedDataset:
         if [v.to_dict() for v in dataset.views] != self.views:
@@ -132,25 +163,27 @@ class CachedAssignment:
                            f"{[v.name for v in dataset.views]}")
         return CachedDataset(dataset, self.path, anchor_counts(self.cache.padded_hw(), self.layout))
 
-    def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+    def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         return SourceOutput(batch.matched_idxs)
 
 
-class CoLearning:
+class CoLearning(AssignmentSource):
     """Co-learning LAD: both networks predict, the switch picks whose costs assign."""
 
-    box_weighting = "mean"
-
-    def __init__(self, rule: str):
+    def __init__(self, peer: PAADetector, rule: str):
+        self.peer = peer
         self.rule = rule
 
-    def __call__(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+    def peers(self) -> dict[str, PAADetector]:
+        return {"peer": self.peer}
+
+    def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         matched, share = colearn_assign(anchors, counts, preds["student"], preds["peer"], batch.targets, self.rule)
         return SourceOutput(matched, stats={"student_teaches": share})
 
 
-def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device, bf16: bool):
-    """The assignment source a config asks for; co-learning adds its peer to `nets`."""
+def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, bf16: bool) -> AssignmentSource:
+    """The assignment source a training config (`engine.config.TrainConfig`) asks for."""
     chosen = [name for name, on in (("--cache", cfg.cache), ("--teacher", cfg.teacher), ("--colearn", cfg.colearn)) if on]
     if len(chosen) > 1:
         raise LadError(f"{' and '.join(chosen)} exclude each other: give one assignment source")
@@ -163,25 +196,42 @@ def build_source(cfg, nets: dict, split: CocoSplit, device: torch.device, bf16: 
         raise LadError(f"--assign-from is teacher or student, not {cfg.assign_from!r}")
     if cfg.assign_from == "student" and not (cfg.teacher and cfg.soft_label_weight is not None):
         raise LadError("--assign-from student needs --teacher and --soft-label-weight (the teacher then gives soft labels only)")
-    student = nets["student"]
     if cfg.cache:
         return CachedAssignment(Path(cfg.cache), split, student.config.layout, cfg.allow_partial)
     if cfg.teacher:
         teacher = Teacher(Path(cfg.teacher), device, bf16)
-        teacher.check_compatible(student, split.categories)
+        teacher.check_compatible(student, split)
         soft = None if cfg.soft_label_weight is None else SoftLabelWeights(cls=cfg.soft_label_weight, gamma=cfg.soft_label_gamma)
         return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student")
     if cfg.colearn:
-        if cfg.peer_init:
-            ckpt = load_checkpoint(Path(cfg.peer_init))
-            peer = build_detector(ckpt, Path(cfg.peer_init))
-            if cfg.peer_arch and peer.config.arch != cfg.peer_arch:
-                raise LadError(f"{cfg.peer_init}: a {peer.config.arch} checkpoint, but --peer-arch is {cfg.peer_arch}")
-            if peer.config.layout != student.config.layout or peer.config.num_classes != student.config.num_classes:
-                raise LadError(f"{cfg.peer_init}: peer has another anchor layout or class count than the student")
-        else:
-            peer = new_detector(cfg.peer_arch or cfg.arch, student.config.num_classes, cfg.width, cfg.head_depth, cfg.weights,
-                                cfg.anchor_scale)
-        nets["peer"] = peer
-        return CoLearning(cfg.switch)
+        return CoLearning(_peer(cfg, student), cfg.switch)
     return OwnAssignment()
+
+
+def _peer(cfg, student: PAADetector) -> PAADetector:
+    """Co-learning's second network: from --peer-init, or new (--peer-arch, else the student's)."""
+    if not cfg.peer_init:
+        return new_detector(cfg.peer_arch or cfg.arch, student.config.num_classes, cfg.width, cfg.head_depth,
+                            cfg.weights, cfg.anchor_scale)
+    peer, _ = load_detector(Path(cfg.peer_init))
+    if cfg.peer_arch and peer.config.arch != cfg.peer_arch:
+        raise LadError(f"{cfg.peer_init}: a {peer.config.arch} checkpoint, but --peer-arch is {cfg.peer_arch}")
+    if peer.config.layout != student.config.layout or peer.config.num_classes != student.config.num_classes:
+        raise LadError(f"{cfg.peer_init}: peer has another anchor layout or class count than the student")
+    return peer
+
+
+def recorded_inputs(cache: str | None, teacher: str | None) -> dict:
+    """Input size, views and anchor scale recorded by a cache or a teacher checkpoint (the
+    student's defaults for them); {} without either."""
+    if cache:
+        store = AssignmentCache.open(Path(cache))
+        views = store.attrs["views"]
+        base = next((v for v in views if "@" not in v["name"]), views[0])
+        return {"size": base["short_side"], "max_size": base["max_side"], "views": ",".join(v["name"] for v in views),
+                "anchor_scale": store.provenance.anchor_layout["octave_base_scale"]}
+    if teacher:
+        ckpt = load_checkpoint(Path(teacher))
+        return {"size": ckpt["size"], "max_size": ckpt["max_size"],
+                "anchor_scale": ckpt["detector"]["layout"]["octave_base_scale"]}
+    return {}

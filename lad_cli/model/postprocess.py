@@ -1,12 +1,12 @@
-"""From head outputs to detections (METHOD.md section 1, inference)."""
+"""From head outputs to detections (docs/method.md, "Inference")."""
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
+from ..structures import Detections, Predictions
 from . import coder
-from .detector import Predictions
 
 
 @dataclass(frozen=True)
@@ -17,15 +17,6 @@ class InferenceParams:
     max_detections: int = 100
     vote_iou: float = 0.01
     vote_sigma: float = 0.025
-
-
-@dataclass
-class Detections:
-    """boxes (D, 4) xyxy in input pixels, scores (D,), labels (D,) int64 contiguous."""
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
 
 
 def score_voting(kept: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float, min_iou: float) -> Tensor:

@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from .errors import LadError
+from ...errors import LadError
 
 FORMAT = "lad-cache"
 FORMAT_VERSION = 1
@@ -271,50 +271,3 @@ class AssignmentCache:
 def anchor_counts(padded_hw: np.ndarray, layout) -> np.ndarray:
     """(E,) anchors per entry from its padded shape."""
     return np.array([sum(layout.num_per_level((int(h), int(w)))) for h, w in padded_hw], dtype=np.int64)
-
-
-def cache_info(cache: AssignmentCache, layout) -> dict:
-    """What `lad cache info` prints: size, completeness, provenance and the digest."""
-    counts = anchor_counts(cache.padded_hw(), layout)
-    size, files = cache.bytes_on_disk()
-    done = int(cache.done().sum())
-    return {"path": str(cache.path), "format_version": cache.attrs["format_version"], "images": cache.num_images,
-            "views": [v["name"] for v in cache.attrs["views"]], "entries": cache.num_entries, "done": done,
-            "complete": done == cache.num_entries, "bytes_on_disk": size, "files": files,
-            "bytes_per_entry": round(size / max(1, cache.num_entries), 1), "shard_entries": cache.shard_entries,
-            "teacher_sha256": cache.provenance.teacher_sha256,
-            "annotations_sha256": cache.provenance.annotations_sha256,
-            "anchor_layout": cache.provenance.anchor_layout, "assigner": cache.provenance.assigner,
-            "digest": cache.digest(counts)}
-
-
-def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndarray) -> None:
-    """Raise LadError with the first problem: provenance, completeness, shapes, GT range, checksums."""
-    where = f"{cache.path}"
-    if cache.provenance.annotations_sha256 != split.sha256:
-        raise LadError(f"{where}: annotations_sha256 differs from {split.ann_file}")
-    if [c["id"] for c in cache.provenance.categories] != [c["id"] for c in split.categories]:
-        raise LadError(f"{where}: categories differ from {split.ann_file}")
-    if not np.array_equal(cache.image_ids(), [r.id for r in split.images]):
-        raise LadError(f"{where}: image ids differ from {split.ann_file} ({cache.num_images} vs {len(split.images)} images)")
-    done = cache.done()
-    if not done.all():
-        raise LadError(f"{where}: cache incomplete: {int(done.sum())} of {len(done)} entries (finish it with lad assign --resume)")
-    padded = cache.padded_hw()
-    bad = np.nonzero((padded != expected_padded).any(1))[0]
-    if len(bad):
-        raise LadError(f"{where}: entry {bad[0]}: padded shape {tuple(padded[bad[0]])} does not match the view, "
-                       f"expected {tuple(expected_padded[bad[0]])}")
-    counts = anchor_counts(padded, layout)
-    crcs = cache.table()[:, CRC]
-    num_gts = [len(r.boxes) for r in split.images]
-    for r, slab in cache.slabs():
-        for e, row in zip(r, slab):
-            label = cache.label(e)
-            if entry_crc(row[:counts[e]]) != crcs[e]:
-                raise LadError(f"{where}: {label} is corrupt (checksum mismatch)")
-            if (row[counts[e]:] != PAD).any():
-                raise LadError(f"{where}: {label} has values past its {counts[e]} anchors")
-            values = row[:counts[e]]
-            if values.min(initial=0) < -2 or values.max(initial=-1) >= num_gts[e // cache.num_views]:
-                raise LadError(f"{where}: {label} has GT indices outside [-2, {num_gts[e // cache.num_views]})")

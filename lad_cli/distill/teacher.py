@@ -4,12 +4,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..assign.paa import PAAParams, paa_assign
+from ..data.coco import CocoSplit
 from ..data.dataset import Batch
 from ..errors import LadError
-from ..model.detector import PAADetector, Predictions
+from ..model.build import load_detector
+from ..model.detector import PAADetector
 from ..runtime import autocast
-from ..train.checkpoint import build_detector, load_checkpoint
-from .paa import PAAParams, paa_assign
+from ..structures import Predictions
 
 
 class Teacher:
@@ -23,8 +25,8 @@ class Teacher:
 
     def __init__(self, path: Path, device: torch.device, bf16: bool = False):
         self.path = Path(path)
-        self.checkpoint = load_checkpoint(path)
-        self.model = build_detector(self.checkpoint, self.path).to(device).eval()
+        model, self.checkpoint = load_detector(self.path)
+        self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.device = device
@@ -34,11 +36,13 @@ class Teacher:
     def categories(self) -> list[dict]:
         return self.checkpoint["categories"]
 
-    def check_compatible(self, student: PAADetector, categories: list[dict]) -> None:
+    def check_data(self, split: CocoSplit, role: str = "teacher") -> None:
+        split.check_categories(self.categories, f"{self.path}: {role}")
+
+    def check_compatible(self, student: PAADetector, split: CocoSplit) -> None:
         if self.model.config.layout != student.config.layout:
             raise LadError(f"{self.path}: teacher anchor layout {self.model.config.layout} differs from the student's")
-        if [c["id"] for c in self.categories] != [c["id"] for c in categories]:
-            raise LadError(f"{self.path}: teacher was trained on other categories than the dataset's")
+        self.check_data(split)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Predictions:

@@ -8,17 +8,19 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from . import dist
-from .data.coco import CocoSplit, load_split, locate_split
-from .data.dataset import Collate, DetectionDataset
-from .data.sampler import ViewBatchSampler
-from .data.views import View, to_original
-from .model.detector import PAADetector
-from .model.inference import InferenceParams, postprocess
-from .errors import LadError
-from .progress import progress_bar
-from .runtime import autocast, use_bf16
-from .train.checkpoint import build_detector, load_checkpoint
+from .. import dist
+from ..data.coco import CocoSplit, load_split, locate_split
+from ..data.dataset import DetectionDataset
+from ..data.loader import make_loader
+from ..data.sampler import ViewBatchSampler
+from ..data.views import View, to_original
+from ..errors import LadError
+from ..model.build import load_detector
+from ..model.detector import PAADetector
+from ..model.postprocess import InferenceParams, postprocess
+from ..progress import progress_bar
+from ..runtime import autocast, use_bf16
+from .config import EvalConfig
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -32,8 +34,7 @@ def predict(model: PAADetector, split: CocoSplit, view: View, batch_size: int, d
     divisor = model.config.layout.size_divisor
     dataset = DetectionDataset(split, [view], divisor)
     sampler = ViewBatchSampler(dataset.shapes(), batch_size, seed=0, shuffle=False, subset=indices)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(divisor),
-                                         num_workers=workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, sampler, divisor, workers, device)
     was_training = model.training
     model.eval()
     results = []
@@ -110,37 +111,45 @@ def _ground_truth(split: CocoSplit) -> dict:
     return doc
 
 
+def metric_cells(metrics: dict | None = None) -> str:
+    """The six metric names (no argument) or values ('-' where None), in 6-wide columns."""
+    if metrics is None:
+        return "  ".join(f"{k:>6}" for k in METRIC_KEYS)
+    return "  ".join(f"{'-':>6}" if metrics[k] is None else f"{metrics[k]:6.3f}" for k in METRIC_KEYS)
+
+
 def format_table(metrics: dict) -> str:
     """The six numbers and the per-class table, as fixed-width text."""
-    head = "  ".join(f"{k:>6}" for k in METRIC_KEYS)
-    vals = "  ".join(f"{'-':>6}" if metrics[k] is None else f"{metrics[k]:6.3f}" for k in METRIC_KEYS)
     width = max([5] + [len(n) for n in metrics["per_class"]])
     rows = [f"{n:<{width}}  {'-' if ap is None else f'{ap:.3f}'}" for n, ap in metrics["per_class"].items()]
-    return "\n".join([head, vals, "", f"{'class':<{width}}  AP", *rows])
+    return "\n".join([metric_cells(), metric_cells(metrics), "", f"{'class':<{width}}  AP", *rows])
 
 
-def run_eval(checkpoint: Path, data: Path | None, split: str, ann: Path | None, images: Path | None,
-             detections: Path | None, batch: int, device_name: str, workers: int, amp: str = "auto") -> tuple[dict, str] | None:
+def format_rows(rows: dict[str, dict]) -> str:
+    """One line per named metrics dict (a model's), under a header."""
+    width = max(len(n) for n in rows)
+    return "\n".join([f"{'model':<{width}}  {metric_cells()}", *(f"{n:<{width}}  {metric_cells(m)}" for n, m in rows.items())])
+
+
+def run_eval(cfg: EvalConfig) -> tuple[dict, str] | None:
     """`lad eval`: metrics dict and the printable table of a checkpoint on a split (on rank 0;
     None on the other processes under torchrun, which predict their share of the images)."""
-    ctx = dist.setup(device_name)
-    ckpt = load_checkpoint(checkpoint)
-    model = build_detector(ckpt, checkpoint).to(ctx.device)
-    coco = load_split(*locate_split(data, split, ann, images))
-    if [c["id"] for c in coco.categories] != [c["id"] for c in ckpt["categories"]]:
-        raise LadError(f"{checkpoint}: trained on category ids {[c['id'] for c in ckpt['categories']]}, "
-                       f"but {coco.ann_file} has {[c['id'] for c in coco.categories]}")
+    ctx = dist.setup(cfg.device)
+    model, ckpt = load_detector(Path(cfg.checkpoint))
+    model = model.to(ctx.device)
+    coco = load_split(*locate_split(cfg.data, cfg.split, cfg.ann, cfg.images))
+    coco.check_categories(ckpt["categories"], str(cfg.checkpoint))
     view = View("orig", ckpt["size"], ckpt["max_size"], False)
     with progress_bar(disable=not ctx.is_main) as bar:
-        task = bar.add_task(f"eval {split}", total=len(range(ctx.rank, len(coco.images), ctx.world)), info="")
-        results = predict_sharded(model, coco, view, batch, ctx, workers, on_batch=lambda n: bar.advance(task, n),
-                                  bf16=use_bf16(ctx.device, amp))
+        task = bar.add_task(f"eval {cfg.split}", total=len(range(ctx.rank, len(coco.images), ctx.world)), info="")
+        results = predict_sharded(model, coco, view, cfg.batch, ctx, cfg.workers, on_batch=lambda n: bar.advance(task, n),
+                                  bf16=use_bf16(ctx.device, cfg.amp))
     if results is None:
         return None
-    if detections is not None:
+    if cfg.detections is not None:
         try:
-            Path(detections).write_text(json.dumps(results))
+            Path(cfg.detections).write_text(json.dumps(results))
         except OSError as exc:
-            raise LadError(f"{detections}: cannot write ({exc.strerror})") from None
+            raise LadError(f"{cfg.detections}: cannot write ({exc.strerror})") from None
     metrics = coco_metrics(coco, results)
     return metrics, format_table(metrics)

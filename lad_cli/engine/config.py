@@ -1,4 +1,4 @@
-"""The resolved configuration of a training run (RUN/config.json)."""
+"""The resolved configuration of a training run (RUN/config.json); its defaults are the CLI's."""
 from dataclasses import asdict, dataclass, fields
 
 
@@ -70,3 +70,34 @@ class TrainConfig:
         if iteration < self.warmup:
             lr *= 0.001 + (1 - 0.001) * iteration / self.warmup
         return lr
+
+
+# The student's input options that follow its assignment source when not given.
+SOURCE_INPUTS = ("size", "max_size", "views", "anchor_scale")
+
+
+def student_inputs(given: dict, cache: str | None, teacher: str | None, resume: bool) -> dict:
+    """--size, --max-size, --views, --anchor-scale: as given, else as the cache (its views are
+    the training views) or the teacher checkpoint recorded them, else TrainConfig's defaults.
+    Explicit options that contradict a cache are refused, naming the field, when the source
+    is built; on --resume the run's own config decides and nothing is read here."""
+    from ..distill.sources import recorded_inputs  # here, so that the CLI's `--help` imports no torch
+
+    recorded = {} if resume else recorded_inputs(cache, teacher)
+    return {k: given[k] if given.get(k) is not None else recorded.get(k, getattr(TrainConfig, k)) for k in SOURCE_INPUTS}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `lad eval` scores: a checkpoint on a split; `detections`: also write them (COCO results json)."""
+
+    checkpoint: str
+    data: str | None = None
+    split: str = "val"
+    ann: str | None = None
+    images: str | None = None
+    detections: str | None = None
+    batch: int = 8
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 0

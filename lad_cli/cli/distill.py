@@ -1,0 +1,76 @@
+"""lad assign, lad cache info, lad cache verify."""
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..distill.config import AssignConfig
+from .app import (
+    Amp,
+    Ann,
+    BatchSize,
+    Data,
+    Device,
+    Images,
+    Overwrite,
+    Workers,
+    app,
+    cache_app,
+    emit_json,
+    path_str,
+    user_errors,
+)
+
+A = AssignConfig  # its field defaults are the options' defaults
+
+
+@app.command("assign")
+@user_errors
+def assign(
+    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint.")],
+    data: Data = None, split: Annotated[str, typer.Option(help="Split to assign.")] = A.split,
+    ann: Ann = None, images: Images = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", "--out", help="Write the assignments to this zarr store.")] = None,
+    views: Annotated[str, typer.Option(help="Views to assign, at the teacher's training size: e.g. orig,flip.")] = A.views,
+    batch: BatchSize = A.batch, device: Device = A.device, amp: Amp = A.amp, workers: Workers = A.workers,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted cache, skipping finished shards.")] = False,
+    overwrite: Overwrite = False,
+    shard_entries: Annotated[int, typer.Option(min=1, help="Entries per shard file (and per resume step).")] = A.shard_entries,
+) -> None:
+    """Run a teacher over a split: store its assignments (--cache) or print their statistics."""
+    from ..distill.cache.build import run_assign
+
+    emit_json(run_assign(AssignConfig(
+        teacher=str(teacher), data=path_str(data), split=split, ann=path_str(ann), images=path_str(images),
+        cache=path_str(cache), views=views, batch=batch, device=device, amp=amp, workers=workers, resume=resume,
+        overwrite=overwrite, shard_entries=shard_entries)))
+
+
+@cache_app.command("info")
+@user_errors
+def cache_info(
+    path: Annotated[Path, typer.Argument(help="A cache written by lad assign --cache.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Entries, completeness, size on disk, provenance and the digest of a cache."""
+    from ..distill.cache.verify import cache_info as info
+
+    result = info(path)
+    if json_out:
+        emit_json(result)
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>20}: {value}")
+
+
+@cache_app.command("verify")
+@user_errors
+def cache_verify(
+    path: Annotated[Path, typer.Argument(help="A cache written by lad assign --cache.")],
+    data: Data = None, split: Annotated[str, typer.Option(help="Split the cache was made for.")] = "train",
+    ann: Ann = None, images: Images = None,
+) -> None:
+    """Check a cache against its dataset: complete, shapes, GT indices, checksums, provenance."""
+    from ..distill.cache.verify import verify_store
+
+    typer.echo(verify_store(path, data, split, ann, images))

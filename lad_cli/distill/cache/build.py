@@ -1,0 +1,137 @@
+"""`lad assign`: run a frozen teacher over every (image, view) of a split, and store its
+assignments in a cache (or only report their statistics)."""
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ... import dist
+from ...assign.paa import PAAParams, candidates
+from ...data.coco import load_split, locate_split
+from ...data.dataset import DetectionDataset
+from ...data.loader import make_loader
+from ...data.views import parse_views
+from ...errors import LadError
+from ...progress import progress_bar
+from ...runtime import use_bf16
+from ..config import AssignConfig
+from ..stats import AssignStats
+from ..teacher import Teacher
+from .store import PAD, AssignmentCache, Provenance, anchor_counts, file_sha256
+
+
+def provenance_for(teacher: Teacher, split, views, params: PAAParams) -> Provenance:
+    return Provenance(teacher_sha256=file_sha256(teacher.path), annotations_sha256=split.sha256,
+                      views=[v.to_dict() for v in views], anchor_layout=teacher.model.config.layout.to_dict(),
+                      assigner={**params.to_dict(), "teacher_precision": "bf16" if teacher.bf16 else "float32"},
+                      categories=split.categories)
+
+
+def open_or_create(out: Path, provenance: Provenance, image_ids, padded, max_anchors, shard_entries, resume, overwrite):
+    exists = out.exists() and any(out.iterdir()) if out.is_dir() else out.exists()
+    if exists and not (resume or overwrite):
+        raise LadError(f"{out}: a cache is already there; pass --resume to finish it or --overwrite to replace it")
+    if resume and exists:
+        cache = AssignmentCache.open(out, mode="r+")
+        field = cache.provenance.mismatch(provenance)
+        if field:
+            raise LadError(f"{out}: cannot resume, the cache was made with another {field}")
+        if not np.array_equal(cache.image_ids(), image_ids):
+            raise LadError(f"{out}: cannot resume, the cache holds other image ids")
+        cache.remove_partial_writes()
+        return cache
+    return AssignmentCache.create(out, provenance, image_ids, padded, max_anchors, shard_entries)
+
+
+def run_assign(cfg: AssignConfig) -> dict | None:
+    """The summary (on rank 0; None on the other processes). Under torchrun, process r
+    computes the shards s with s mod N = r and writes them into the one store: a shard's
+    files have one writer, so no locks are needed and the store equals a one-process one."""
+    ctx = dist.setup(cfg.device)
+    teacher = Teacher(Path(cfg.teacher), ctx.device, use_bf16(ctx.device, cfg.amp))
+    split = load_split(*locate_split(cfg.data, cfg.split, cfg.ann, cfg.images))
+    teacher.check_data(split)
+    views = parse_views(cfg.views, teacher.checkpoint["size"], teacher.checkpoint["max_size"])
+    dataset = DetectionDataset(split, views, teacher.model.config.layout.size_divisor)
+    padded = dataset.entry_shapes()
+    params = PAAParams()
+    cache, pending = None, [range(ctx.rank, len(padded), ctx.world)]
+    if cfg.cache is not None:
+        cache = _open_store(cfg, ctx, provenance_for(teacher, split, views, params), split, padded,
+                            anchor_counts(padded, teacher.model.config.layout))
+        done = cache.done()
+        pending = [cache.shard_range(s) for s in range(cache.num_shards)
+                   if s % ctx.world == ctx.rank and not done[cache.shard_range(s)].all()]
+    start = time.perf_counter()
+    computed, stats = _teacher_pass(cfg, ctx, teacher, dataset, padded, pending, cache, params)
+    seconds = time.perf_counter() - start
+    every = dist.gather(ctx, (computed, stats))
+    if every is None:
+        return None
+    computed = sum(t for t, _ in every)
+    summary = {"entries": len(padded), "computed": computed, "seconds": round(seconds, 2),
+               "seconds_per_image": round(seconds * ctx.world / max(1, computed), 4), "device": str(ctx.device),
+               "processes": ctx.world}
+    if cache is None:
+        return {**summary, **AssignStats.combined([s for _, s in every]).summary()}
+    return {**summary, "cache": str(cfg.cache), "done": int(cache.done().sum())}
+
+
+def _open_store(cfg: AssignConfig, ctx: dist.Dist, provenance: Provenance, split, padded: np.ndarray,
+                counts: np.ndarray) -> AssignmentCache:
+    """Rank 0 checks and creates (or reopens, --resume) the store; then the others open it."""
+    created = {}
+
+    def create():
+        created["cache"] = open_or_create(Path(cfg.cache), provenance, [r.id for r in split.images], padded,
+                                          int(counts.max(initial=1)), cfg.shard_entries, cfg.resume, cfg.overwrite)
+    dist.on_main(ctx, create)
+    return created.get("cache") or AssignmentCache.open(Path(cfg.cache), mode="r+")
+
+
+def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: DetectionDataset, padded: np.ndarray,
+                  pending: list[range], cache: AssignmentCache | None, params: PAAParams) -> tuple[int, AssignStats]:
+    """Assign the `pending` entries batch by batch; write each shard once complete (or gather
+    statistics without a cache). Returns the number of entries computed and the statistics."""
+    layout = teacher.model.config.layout
+    counts = anchor_counts(padded, layout)
+    keys = [(e // len(dataset.views), e % len(dataset.views)) for e in range(len(padded))]
+    shard_of = [e // cache.shard_entries for e in range(len(keys))] if cache is not None else [0] * len(keys)
+    plan = plan_batches(padded, pending, cfg.batch)
+    last_of_shard = [i + 1 == len(plan) or shard_of[plan[i + 1][0]] != shard_of[plan[i][0]] for i in range(len(plan))]
+    loader = make_loader(dataset, [[keys[e] for e in b] for b in plan], layout.size_divisor, cfg.workers, ctx.device)
+    stats, rows = AssignStats(len(layout.strides)), None
+    total = sum(len(b) for b in plan)
+    start = time.perf_counter()
+    with progress_bar(disable=not ctx.is_main) as bar:
+        task = bar.add_task("assign", total=total, info="")
+        for i, (entries, batch) in enumerate(zip(plan, loader)):
+            batch = batch.to(ctx.device)
+            matched = teacher.assign(batch, params)[0].cpu()
+            if cache is None:
+                anchors, per_level = teacher.model.anchors(batch.padded_hw, ctx.device)
+                stats.add(matched, candidates(anchors, batch.targets, params).cpu(), per_level, batch.targets.valid.cpu())
+            else:
+                r = cache.shard_range(shard_of[entries[0]])
+                if rows is None:
+                    rows = np.full((len(r), cache.attrs["max_anchors"]), PAD, np.int16)
+                for e, m in zip(entries, matched.numpy()):
+                    rows[e - r.start, : counts[e]] = m
+                if last_of_shard[i]:
+                    cache.write_shard(shard_of[entries[0]], rows, counts[r.start:r.stop], padded[r.start:r.stop])
+                    rows = None
+            done_count = bar.tasks[0].completed + len(entries)
+            bar.update(task, advance=len(entries), info=f"{done_count / max(time.perf_counter() - start, 1e-9):.1f} img/s")
+    return total, stats
+
+
+def plan_batches(padded: np.ndarray, shards: list[range], batch: int) -> list[list[int]]:
+    """Entry batches of one padded shape each, shard after shard (a shard is written once complete)."""
+    plan = []
+    for entries in shards:
+        by_shape: dict = {}
+        for e in entries:
+            by_shape.setdefault(tuple(padded[e]), []).append(e)
+        for group in by_shape.values():
+            plan += [group[j:j + batch] for j in range(0, len(group), batch)]
+    return plan

@@ -1,0 +1,69 @@
+"""`lad cache info` and `lad cache verify`: a store's size, provenance and digest, and its
+check against the dataset it was made for."""
+from pathlib import Path
+
+import numpy as np
+
+from ...data.coco import load_split, locate_split
+from ...data.dataset import DetectionDataset
+from ...data.views import View
+from ...errors import LadError
+from ...model.anchors import AnchorLayout
+from .store import CRC, PAD, AssignmentCache, anchor_counts, entry_crc
+
+
+def cache_info(path: Path) -> dict:
+    """What `lad cache info` prints: size, completeness, provenance and the digest."""
+    cache = AssignmentCache.open(path)
+    counts = anchor_counts(cache.padded_hw(), AnchorLayout.from_dict(cache.provenance.anchor_layout))
+    size, files = cache.bytes_on_disk()
+    done = int(cache.done().sum())
+    return {"path": str(cache.path), "format_version": cache.attrs["format_version"], "images": cache.num_images,
+            "views": [v["name"] for v in cache.attrs["views"]], "entries": cache.num_entries, "done": done,
+            "complete": done == cache.num_entries, "bytes_on_disk": size, "files": files,
+            "bytes_per_entry": round(size / max(1, cache.num_entries), 1), "shard_entries": cache.shard_entries,
+            "teacher_sha256": cache.provenance.teacher_sha256,
+            "annotations_sha256": cache.provenance.annotations_sha256,
+            "anchor_layout": cache.provenance.anchor_layout, "assigner": cache.provenance.assigner,
+            "digest": cache.digest(counts)}
+
+
+def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndarray) -> None:
+    """Raise LadError with the first problem: provenance, completeness, shapes, GT range, checksums."""
+    where = f"{cache.path}"
+    if cache.provenance.annotations_sha256 != split.sha256:
+        raise LadError(f"{where}: annotations_sha256 differs from {split.ann_file}")
+    split.check_categories(cache.provenance.categories, f"{where}: the cache's teacher")
+    if not np.array_equal(cache.image_ids(), [r.id for r in split.images]):
+        raise LadError(f"{where}: image ids differ from {split.ann_file} ({cache.num_images} vs {len(split.images)} images)")
+    done = cache.done()
+    if not done.all():
+        raise LadError(f"{where}: cache incomplete: {int(done.sum())} of {len(done)} entries (finish it with lad assign --resume)")
+    padded = cache.padded_hw()
+    bad = np.nonzero((padded != expected_padded).any(1))[0]
+    if len(bad):
+        raise LadError(f"{where}: entry {bad[0]}: padded shape {tuple(padded[bad[0]])} does not match the view, "
+                       f"expected {tuple(expected_padded[bad[0]])}")
+    counts = anchor_counts(padded, layout)
+    crcs = cache.table()[:, CRC]
+    num_gts = [len(r.boxes) for r in split.images]
+    for r, slab in cache.slabs():
+        for e, row in zip(r, slab):
+            label = cache.label(e)
+            if entry_crc(row[:counts[e]]) != crcs[e]:
+                raise LadError(f"{where}: {label} is corrupt (checksum mismatch)")
+            if (row[counts[e]:] != PAD).any():
+                raise LadError(f"{where}: {label} has values past its {counts[e]} anchors")
+            values = row[:counts[e]]
+            if values.min(initial=0) < -2 or values.max(initial=-1) >= num_gts[e // cache.num_views]:
+                raise LadError(f"{where}: {label} has GT indices outside [-2, {num_gts[e // cache.num_views]})")
+
+
+def verify_store(path: Path, data, split_name: str, ann, images) -> str:
+    """`lad cache verify`: the first problem as a LadError, or a one-line OK."""
+    cache = AssignmentCache.open(path)
+    split = load_split(*locate_split(data, split_name, ann, images))
+    layout = AnchorLayout.from_dict(cache.provenance.anchor_layout)
+    views = [View(**v) for v in cache.attrs["views"]]
+    verify_cache(cache, split, layout, DetectionDataset(split, views, layout.size_divisor).entry_shapes())
+    return f"ok: {cache.num_entries} entries ({cache.num_images} images x {len(views)} views) verified"

@@ -1,0 +1,212 @@
+"""The one training loop. Modes differ only in where the assignment comes from
+(`distill.sources`); the loop calls the source's contract and nothing else."""
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import dist
+from ..data.coco import CocoSplit, load_split, locate_split
+from ..data.dataset import DetectionDataset
+from ..data.loader import make_loader
+from ..data.sampler import ViewBatchSampler
+from ..data.views import parse_views
+from ..distill.sources import AssignmentSource, build_source
+from ..errors import LadError, NonFiniteLoss
+from ..losses import LossWeights
+from ..model.build import load_checkpoint, new_detector
+from ..progress import progress_bar
+from ..runtime import console, memory_format, use_bf16
+from . import run_dir
+from .checkpoint import model_checkpoint, save_atomic
+from .config import TrainConfig
+from .step import progress_info, train_step, validate
+
+
+def load_data(cfg: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
+    train = load_split(*locate_split(cfg.data, cfg.split, cfg.ann, cfg.images))
+    val = None
+    if cfg.data is not None and cfg.val_split:
+        try:
+            val = load_split(*locate_split(cfg.data, cfg.val_split))
+        except LadError as exc:
+            if "no split" not in str(exc):
+                raise
+            console.print(f"[yellow]no {cfg.val_split!r} split in {cfg.data}: training without validation")
+    return train, val
+
+
+@dataclass
+class Run:
+    """A run in progress: its networks (by name, "student" first), how they are called
+    (DDP-wrapped under torchrun), the source, optimizer, loader and resumable state."""
+
+    cfg: TrainConfig
+    ctx: dist.Dist
+    out: Path
+    bf16: bool
+    train_split: CocoSplit
+    val_split: CocoSplit | None
+    nets: dict
+    models: dict
+    source: AssignmentSource
+    params: list
+    optimizer: torch.optim.Optimizer
+    weights: LossWeights
+    sampler: ViewBatchSampler
+    loader: torch.utils.data.DataLoader
+    state: dict
+    metrics: run_dir.MetricsLog | None
+
+    def log(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    def save(self, name: str) -> None:
+        """last.pt / best.pt: everything `--resume` needs; a peer's own `peer_NAME` for eval."""
+        if not self.ctx.is_main:
+            return
+        cfg, split = self.cfg, self.train_split
+        full = {**model_checkpoint(self.nets["student"], split, cfg), "train_config": cfg.to_dict(),
+                "nets": {k: n.state_dict() for k, n in self.nets.items()}, "optimizer": self.optimizer.state_dict(),
+                "state": self.state, "metrics_lines": self.metrics.lines}
+        save_atomic(full, self.out / name)
+        for peer in (k for k in self.nets if k != "student"):
+            save_atomic({**model_checkpoint(self.nets[peer], split, cfg), "state": self.state}, self.out / f"{peer}_{name}")
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train (and validate each epoch); returns the final summary. The config's source
+    options (teacher, cache, colearn) pick where assignments come from. Under torchrun,
+    each process trains on its share of every batch (DDP) and rank 0 writes the run."""
+    run = start(cfg, resume, overwrite)
+    cfg, state = run.cfg, run.state
+    total = cfg.epochs * len(run.sampler.local_plan(0))
+    with progress_bar(disable=not run.ctx.is_main) as bar:
+        task = bar.add_task(f"train {cfg.arch}", total=total, completed=state["iteration"], info="")
+        while state["epoch"] < cfg.epochs:
+            train_epoch(run, bar, task, total)
+            end_epoch(run)
+    if run.metrics is not None:
+        run.metrics.close()
+    return {"run": str(run.out), "epochs": cfg.epochs, "iterations": state["iteration"], "val": state["val"],
+            "best_AP": state["best_ap"] if run.val_split is not None else None}
+
+
+def start(cfg: TrainConfig, resume: bool, overwrite: bool) -> Run:
+    """The run folder, data, networks, source, optimizer and loader; on --resume, restored
+    from last.pt (its config wins, but for the device and the worker count)."""
+    ctx = dist.setup(cfg.device)
+    out = dist.on_main(ctx, lambda: run_dir.prepare(Path(cfg.out), resume, overwrite))
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        cfg = TrainConfig.from_dict({**ckpt["train_config"], "device": cfg.device, "workers": cfg.workers})
+        if ckpt["state"].get("world", 1) != ctx.world:
+            raise LadError(f"{out}: the run used {ckpt['state'].get('world', 1)} processes; resume it with as many "
+                           f"(this is {ctx.world}), so that the batches and the sampler position match")
+    bf16 = use_bf16(ctx.device, cfg.amp)
+    train_split, val_split = load_data(cfg)
+    nets, source = build_networks(cfg, ctx, train_split, bf16, ckpt)
+    models = {name: torch.nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if ctx.active else net
+              for name, net in nets.items()}
+    params = [p for net in nets.values() for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.base_lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    divisor = nets["student"].config.layout.size_divisor
+    dataset = source.wrap_dataset(DetectionDataset(train_split, parse_views(cfg.views, cfg.size, cfg.max_size), divisor))
+    sampler = ViewBatchSampler(dataset.shapes(), cfg.batch, cfg.seed, subset=source.subset(), rank=ctx.rank, world=ctx.world)
+    loader = make_loader(dataset, sampler, divisor, cfg.workers, ctx.device, persistent=True)
+    if not resume and ctx.is_main:  # written once the sources and views were accepted
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    state = {"epoch": 0, "iteration": 0, "batch_in_epoch": 0, "best_ap": -1.0, "val": None, "world": ctx.world}
+    if ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+    metrics = run_dir.MetricsLog(out / "metrics.jsonl", ckpt["metrics_lines"] if ckpt else None) if ctx.is_main else None
+    weights = LossWeights(box_weighting=cfg.box_weighting or source.box_weighting)
+    return Run(cfg, ctx, out, bf16, train_split, val_split, nets, models, source, params, optimizer, weights, sampler,
+               loader, state, metrics)
+
+
+def build_networks(cfg: TrainConfig, ctx: dist.Dist, split: CocoSplit, bf16: bool, ckpt: dict | None):
+    """The student (seeded), the assignment source and the source's peers, on the device."""
+    torch.manual_seed(cfg.seed)
+    student = new_detector(cfg.arch, len(split.categories), cfg.width, cfg.head_depth, cfg.weights, cfg.anchor_scale)
+    source = build_source(cfg, student, split, ctx.device, bf16)
+    nets = {"student": student, **source.peers()}
+    for name, net in nets.items():
+        if ctx.active:
+            dist.convert_sync_batchnorm(net)
+        nets[name] = net.to(ctx.device, memory_format=memory_format(ctx.device))
+        if ckpt:
+            nets[name].load_state_dict(ckpt["nets"][name])
+    return nets, source
+
+
+def train_epoch(run: Run, bar, task, total: int) -> None:
+    """The rest of the current epoch (all of it, unless resumed mid-epoch)."""
+    cfg, state = run.cfg, run.state
+    epoch = state["epoch"]
+    run.sampler.set_epoch(epoch, state["batch_in_epoch"])
+    for net in run.nets.values():
+        net.train()
+    batches, waited, since = iter(run.loader), 0.0, time.perf_counter()
+    while True:
+        fetch_start = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            break
+        waited += time.perf_counter() - fetch_start
+        lr = cfg.lr_at(state["iteration"], epoch)
+        instances = int(batch.targets.valid.sum())
+        logged = step_or_skip(run, batch, lr)
+        state["iteration"] += 1
+        state["batch_in_epoch"] += 1
+        if logged is not None and (state["iteration"] % cfg.log_every == 0 or state["iteration"] == total):
+            means = dist.process_mean(torch.stack([v.float() for v in logged.values()])).tolist()
+            now = time.perf_counter()
+            record = {"iteration": state["iteration"], "epoch": epoch + 1, "lr": lr, **dict(zip(logged, means)),
+                      "data_wait": round(waited / max(now - since, 1e-9), 4)}
+            waited, since = 0.0, now
+            run.log(record)
+            bar.update(task, info=progress_info(record, instances, batch.padded_hw, run.ctx.device))
+        bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs}")
+        if cfg.save_every and state["iteration"] % cfg.save_every == 0:
+            run.save("last.pt")
+
+
+def step_or_skip(run: Run, batch, lr: float) -> dict | None:
+    """One train_step; a non-finite loss (nothing was stepped) stops the run, or skips the
+    batch within --skip-nonfinite (None: nothing to log)."""
+    cfg, state = run.cfg, run.state
+    try:
+        return train_step(run.models, run.source, batch.to(run.ctx.device), run.optimizer, run.params, run.weights,
+                          cfg.clip, lr, run.ctx.device, run.bf16, skippable=cfg.skip_nonfinite > 0)
+    except NonFiniteLoss as exc:
+        state["skipped_nonfinite"] = state.get("skipped_nonfinite", 0) + 1
+        where = f"iteration {state['iteration'] + 1}: {exc}"
+        if state["skipped_nonfinite"] > cfg.skip_nonfinite:
+            budget = f", more than --skip-nonfinite {cfg.skip_nonfinite}" if cfg.skip_nonfinite else ""
+            last = run.out / "last.pt"
+            raise LadError(f"{where}{budget}; stopped, last good checkpoint: "
+                           f"{last if last.exists() else 'none saved yet'}") from None
+        console.print(f"[yellow]{where}: batch skipped ({state['skipped_nonfinite']} of --skip-nonfinite "
+                      f"{cfg.skip_nonfinite})")
+        run.log({"iteration": state["iteration"] + 1, "epoch": state["epoch"] + 1, "skipped_nonfinite": exc.term})
+        return None
+
+
+def end_epoch(run: Run) -> None:
+    """Validate when due, save last.pt, and best.pt when the val AP improved."""
+    cfg, state = run.cfg, run.state
+    state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
+    improved = run.val_split is None  # without validation, the latest weights are the best known
+    if run.val_split is not None and (state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.epochs):
+        state["val"] = validate(run.nets, run.val_split, cfg, run.ctx, run.bf16, state, run.log)
+        improved = (state["val"]["AP"] or 0.0) > state["best_ap"]
+        state["best_ap"] = max(state["best_ap"], state["val"]["AP"] or 0.0)
+    run.save("last.pt")
+    if improved:
+        run.save("best.pt")
