@@ -3,13 +3,20 @@
     python -m benchmarks.assign_speed [--images 16] [--gts 30] [--device cpu]
 
 Two input sizes: the demo's (160 px shorter side: 256x256 padded, 1,364 anchors) and
-COCO's (1333x800: 26,257 anchors). Prints one JSON object with, per size, both times,
-the speed-up and how many images got identical positives.
+COCO's (1333x800: 26,257 anchors). Prints one JSON object with, per size, both times
+(median of 3 runs each), the speed-up and how many images got identical positives; and the
+peak memory of one assignment at COCO size with 100 GTs per image (measured in a fresh
+process: the growth of its peak resident size), next to what one dense (N, M, A) float32
+IoU matrix would take.
 """
 import argparse
 import json
+import statistics
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -38,34 +45,59 @@ def make_inputs(images: int, gts: int, hw: tuple[int, int], classes: int, seed: 
     return anchors, counts, cls, deltas, targets
 
 
-def compare(args, hw: tuple[int, int]) -> dict:
-    anchors, counts, cls, deltas, targets = make_inputs(args.images, args.gts, hw, args.classes, args.seed)
-    device = torch.device(args.device)
+def median_seconds(fn, device: torch.device, runs: int = 3):
+    """(median seconds, the last result) of `runs` calls."""
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _status_kb(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def peak_memory(images: int, gts: int, classes: int, seed: int) -> dict:
+    """In this (fresh) process: the peak resident size an assignment adds, at COCO size (Linux)."""
+    anchors, counts, cls, deltas, targets = make_inputs(images, gts, (800, 1333), classes, seed)
+    paa_assign(anchors, counts, cls[:1], deltas[:1], targets.select(slice(0, 1)))  # warm-up at a small size
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak resident size restarts from here
+    before = _status_kb("VmRSS")
+    paa_assign(anchors, counts, cls, deltas, targets)
+    grown = _status_kb("VmHWM") - before
+    inputs = sum(t.numel() * t.element_size() for t in (anchors, cls, deltas, targets.boxes))
+    return {"images": images, "gts_per_image": gts, "anchors": len(anchors), "peak_growth_mb": round(grown / 1024, 1),
+            "inputs_mb": round(inputs / 2**20, 1),
+            "dense_iou_matrix_mb": round(images * gts * len(anchors) * 4 / 2**20, 1)}
+
+
+def compare(images: int, gts: int, classes: int, seed: int, device: str, hw: tuple[int, int]) -> dict:
+    """Batched (on `device`) vs the reference (CPU) on one batch of `images` x `gts`."""
+    anchors, counts, cls, deltas, targets = make_inputs(images, gts, hw, classes, seed)
+    device = torch.device(device)
 
     dev = [t.to(device) for t in (anchors, cls, deltas)]
     dev_targets = targets.to(device)
     paa_assign(dev[0], counts, dev[1][:1], dev[2][:1], dev_targets.select(slice(0, 1)))  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    batched = paa_assign(dev[0], counts, dev[1], dev[2], dev_targets)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    batched_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    reference = [reference_assign(anchors, counts, cls[i], deltas[i], targets.boxes[i], targets.labels[i])
-                 for i in range(args.images)]
-    reference_s = time.perf_counter() - start
+    batched_s, batched = median_seconds(lambda: paa_assign(dev[0], counts, dev[1], dev[2], dev_targets), device)
+    reference_s, reference = median_seconds(lambda: [reference_assign(
+        anchors, counts, cls[i], deltas[i], targets.boxes[i], targets.labels[i]) for i in range(images)], device)
 
     batched = batched.cpu()
-    pos_ours = {(i, a, int(batched[i, a])) for i in range(args.images) for a in torch.nonzero(batched[i] >= 0).flatten().tolist()}
-    pos_ref = {(i, a, int(reference[i][a])) for i in range(args.images) for a in torch.nonzero(reference[i] >= 0).flatten().tolist()}
+    pos_ours = {(i, a, int(batched[i, a])) for i in range(images) for a in torch.nonzero(batched[i] >= 0).flatten().tolist()}
+    pos_ref = {(i, a, int(reference[i][a])) for i in range(images) for a in torch.nonzero(reference[i] >= 0).flatten().tolist()}
     return {
         "input": f"{hw[1]}x{hw[0]}", "anchors": len(anchors), "batched_s": round(batched_s, 4),
         "reference_s": round(reference_s, 4), "speedup": round(reference_s / batched_s, 1),
         "identical_positive_fraction": len(pos_ours & pos_ref) / max(1, len(pos_ours | pos_ref)),
-        "identical_images": sum(torch.equal(batched[i], reference[i]) for i in range(args.images)),
+        "identical_images": sum(torch.equal(batched[i], reference[i]) for i in range(images)),
         "positives": len(pos_ref),
     }
 
@@ -77,10 +109,19 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=80)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peak-memory-gts", type=int, default=None, help=argparse.SUPPRESS)  # the memory run's own process
     args = p.parse_args()
     warnings.filterwarnings("ignore")
+    if args.peak_memory_gts is not None:
+        print(json.dumps(peak_memory(args.images, args.peak_memory_gts, args.classes, args.seed)))
+        return
+    memory = subprocess.run([sys.executable, "-m", "benchmarks.assign_speed", "--images", str(args.images),
+                             "--peak-memory-gts", "100"], capture_output=True, text=True, check=True).stdout
     print(json.dumps({"images": args.images, "gts_per_image": args.gts, "device": args.device,
-                      "demo_size": compare(args, (160, 213)), "coco_size": compare(args, (800, 1333))}))
+                      "cpu_threads": torch.get_num_threads(),
+                      "demo_size": compare(args.images, args.gts, args.classes, args.seed, args.device, (160, 213)),
+                      "coco_size": compare(args.images, args.gts, args.classes, args.seed, args.device, (800, 1333)),
+                      "coco_size_100_gts_memory": json.loads(memory)}))
 
 
 if __name__ == "__main__":

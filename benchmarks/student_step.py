@@ -1,11 +1,16 @@
 """Time per training iteration of one student (ResNet-18) on the same batches, by where its
-assignment comes from: its own PAA (baseline), an online ResNet-50 teacher, or the cache.
+assignment comes from: its own PAA (baseline), an online ResNet-50 teacher, the cache, or
+co-learning with a ResNet-18 peer; and the host syncs each step makes.
 
-    python -m benchmarks.student_step [--iters 30] [--batch 4] [--size 160] [--device cpu]
+    python -m benchmarks.student_step [--iters 30] [--batch 4] [--size 160] [--device cpu] [--amp auto]
 
 Each iteration is timed whole: loading the batch (and, for the cache, its assignments),
-the forward passes, the assignment, the losses and the update. The three modes take turns
-iteration by iteration and see the same batches. Prints one JSON object.
+the forward passes, the assignment, the losses and the update. The modes take turns
+iteration by iteration and see the same batches. The baseline's own assignment (the PAA
+step the cache replaces) is timed apart, so that `cached_over_baseline_minus_assign`
+says how close a cached step comes to the student's forward, backward and store read
+alone (the limit: 1). Syncs: one more step per mode under `benchmarks.syncs.SyncCounter`
+(the operations that wait for the device on CUDA). Prints one JSON object.
 """
 import argparse
 import json
@@ -17,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.syncs import SyncCounter
+from benchmarks.train_step import peak_gb, reset_peak
 from lad_cli.data.coco import load_split, locate_split
 from lad_cli.data.dataset import DetectionDataset
 from lad_cli.data.loader import make_loader
@@ -34,34 +41,98 @@ from lad_cli.model.build import new_detector
 from lad_cli.runtime import use_bf16
 
 
-def make_step(cfg: TrainConfig, split, device, bf16: bool):
-    """A closure running one whole iteration (batch loading included) of the mode `cfg` names."""
-    torch.manual_seed(cfg.seed)
-    student = new_detector(cfg.arch, len(split.categories), cfg.width, cfg.head_depth, None)
-    source = build_source(cfg, student, split, device, bf16)
-    nets = {"student": student, **source.peers()}
-    for net in nets.values():
-        net.to(device).train()
-    params = [p for net in nets.values() for p in net.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9)
-    dataset = DetectionDataset(split, parse_views(cfg.views, cfg.size, cfg.max_size), 128)
-    dataset = source.wrap_dataset(dataset)
-    sampler = ViewBatchSampler(dataset.shapes(), cfg.batch, cfg.seed)
-    loader = make_loader(dataset, sampler, 128, 0, device)
-    weights = LossWeights(box_weighting=source.box_weighting)
-    batches = iter(loader)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
-    def step() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+
+class Mode:
+    """One mode's student, source, optimizer and batches; `step()` runs one whole iteration."""
+
+    def __init__(self, cfg: TrainConfig, split, device: torch.device, bf16: bool):
+        torch.manual_seed(cfg.seed)
+        student = new_detector(cfg.arch, len(split.categories), cfg.width, cfg.head_depth, None)
+        self.source = build_source(cfg, student, split, device, bf16)
+        self.nets = {"student": student, **self.source.peers()}
+        for net in self.nets.values():
+            net.to(device).train()
+        self.params = [p for net in self.nets.values() for p in net.parameters()]
+        self.optimizer = torch.optim.SGD(self.params, lr=0.001, momentum=0.9)
+        dataset = self.source.wrap_dataset(DetectionDataset(split, parse_views(cfg.views, cfg.size, cfg.max_size), 128))
+        self.batches = iter(make_loader(dataset, ViewBatchSampler(dataset.shapes(), cfg.batch, cfg.seed), 128, 0, device))
+        self.weights = LossWeights(box_weighting=self.source.box_weighting)
+        self.device, self.bf16 = device, bf16
+        self.assign_seconds = 0.0
+        assign = self.source.assign
+
+        def timed_assign(*args):
+            synchronize(device)
+            start = time.perf_counter()
+            out = assign(*args)
+            synchronize(device)
+            self.assign_seconds += time.perf_counter() - start
+            return out
+        self.source.assign = timed_assign
+
+    def step(self) -> float:
+        """Seconds of one iteration (batch loading included)."""
+        synchronize(self.device)
         start = time.perf_counter()
-        batch = next(batches)
-        train_step(nets, source, batch.to(device), optimizer, params, weights, 35.0, 0.001, device, bf16)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        batch = next(self.batches)
+        train_step(self.nets, self.source, batch.to(self.device), self.optimizer, self.params, self.weights, 35.0, 0.001,
+                   self.device, self.bf16)
+        synchronize(self.device)
         return time.perf_counter() - start
 
-    return step
+    def syncs(self) -> int:
+        with SyncCounter() as counter:
+            self.step()
+        return counter.total
+
+
+def run(iters: int = 30, batch: int = 4, size: int = 160, max_size: int = 256, width: int = 64, head_depth: int = 2,
+        device: str = "cpu", amp: str = "auto") -> dict:
+    device = torch.device(device)
+    bf16 = use_bf16(device, amp)
+    warmup = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_synth(tmp / "data", batch * (iters + warmup + 1) * 2, 1, seed=0)
+        split = load_split(*locate_split(tmp / "data", "train"))
+        cfg = TrainConfig(out="", data=str(tmp / "data"), arch="resnet18", width=width, head_depth=head_depth, size=size,
+                          max_size=max_size, batch=batch, device=str(device), amp=amp)
+        teacher = new_detector("resnet50", len(split.categories), width, head_depth, None)
+        save_atomic(model_checkpoint(teacher, split, cfg), tmp / "teacher.pt")
+        run_assign(AssignConfig(str(tmp / "teacher.pt"), str(tmp / "data"), cache=str(tmp / "cache.zarr"),
+                                batch=batch, device=str(device), amp=amp))
+        modes = {"baseline": Mode(cfg, split, device, bf16),
+                 "online": Mode(replace(cfg, teacher=str(tmp / "teacher.pt")), split, device, bf16),
+                 "cached": Mode(replace(cfg, cache=str(tmp / "cache.zarr")), split, device, bf16),
+                 "colearn": Mode(replace(cfg, colearn=True), split, device, bf16)}
+        times = {name: [] for name in modes}
+        peaks = {}
+        for i in range(iters + warmup):  # the modes take turns, so that a drift of the machine hits all
+            for name, mode in modes.items():
+                reset_peak(device)
+                seconds = mode.step()
+                peaks[name] = peak_gb(device)
+                if i >= warmup:
+                    times[name].append(seconds)
+                elif i == warmup - 1:
+                    mode.assign_seconds = 0.0
+        syncs = {name: mode.syncs() for name, mode in modes.items()}
+    ms = {name: statistics.mean(t) * 1000 for name, t in times.items()}
+    assign_ms = {name: modes[name].assign_seconds * 1000 / iters for name in ("baseline", "online", "colearn")}
+    return {
+        "device": str(device), "bf16": bf16, "batch": batch, "size": size, "max_size": max_size, "width": width,
+        "student": "resnet18", "teacher": "resnet50", "peer": "resnet18", **{f"{name}_ms": round(v, 1) for name, v in ms.items()},
+        **{f"{name}_assign_ms": round(v, 1) for name, v in assign_ms.items()},
+        "cached_over_baseline": round(ms["cached"] / ms["baseline"], 3),
+        "cached_over_baseline_minus_assign": round(ms["cached"] / (ms["baseline"] - assign_ms["baseline"]), 3),
+        "cached_over_online": round(ms["cached"] / ms["online"], 3),
+        "online_over_baseline": round(ms["online"] / ms["baseline"], 3),
+        "syncs_per_step": syncs, **({"peak_gb": peaks} if device.type == "cuda" else {}),
+    }
 
 
 def main() -> None:
@@ -71,38 +142,11 @@ def main() -> None:
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--max-size", type=int, default=256)
     p.add_argument("--width", type=int, default=64)
+    p.add_argument("--head-depth", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="auto")
-    args = p.parse_args()
-    device = torch.device(args.device)
-    bf16 = use_bf16(device, args.amp)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        images = args.batch * (args.iters + 2) * 2
-        write_synth(tmp / "data", images, 1, seed=0)
-        split = load_split(*locate_split(tmp / "data", "train"))
-        cfg = TrainConfig(out="", data=str(tmp / "data"), arch="resnet18", width=args.width, head_depth=2, size=args.size,
-                          max_size=args.max_size, batch=args.batch, device=args.device, amp=args.amp)
-        teacher = new_detector("resnet50", len(split.categories), args.width, 2, None)
-        save_atomic(model_checkpoint(teacher, split, cfg), tmp / "teacher.pt")
-        run_assign(AssignConfig(str(tmp / "teacher.pt"), str(tmp / "data"), cache=str(tmp / "cache.zarr"),
-                                batch=args.batch, device=args.device, amp=args.amp))
-        steps = {"baseline": make_step(cfg, split, device, bf16),
-                 "online": make_step(replace(cfg, teacher=str(tmp / "teacher.pt")), split, device, bf16),
-                 "cached": make_step(replace(cfg, cache=str(tmp / "cache.zarr")), split, device, bf16)}
-        times = {name: [] for name in steps}
-        for i in range(args.iters + 2):  # the modes take turns, so that a drift of the machine hits all three
-            for name, step in steps.items():
-                seconds = step()
-                if i >= 2:  # warm-up
-                    times[name].append(seconds)
-        baseline, online, cached = (statistics.mean(times[name]) * 1000 for name in ("baseline", "online", "cached"))
-    print(json.dumps({
-        "device": str(device), "bf16": bf16, "batch": args.batch, "size": args.size, "student": "resnet18",
-        "teacher": "resnet50", "baseline_ms": round(baseline, 1), "online_ms": round(online, 1),
-        "cached_ms": round(cached, 1), "cached_over_baseline": round(cached / baseline, 3),
-        "cached_over_online": round(cached / online, 3),
-    }))
+    a = p.parse_args()
+    print(json.dumps(run(a.iters, a.batch, a.size, a.max_size, a.width, a.head_depth, a.device, a.amp)))
 
 
 if __name__ == "__main__":

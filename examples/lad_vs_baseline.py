@@ -1,6 +1,6 @@
 """The demo's comparison over several seeds: is LAD above the baseline by more than the spread?
 
-    python examples/lad_vs_baseline.py [--out lad-seeds] [--seeds 0,1,2]
+    python examples/lad_vs_baseline.py [--out lad-seeds] [--seeds 0,1,2] [--amp auto|bf16|off]
 
 One teacher (the demo's) is trained and cached once; for each seed a baseline student and a
 LAD student (same architecture, schedule and seed) are trained and evaluated. Prints one
@@ -19,11 +19,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("lad-seeds"))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
     args = p.parse_args()
-    data, cache, teacher = prepare_teacher(args.out, args.overwrite)
+    data, cache, teacher = prepare_teacher(args.out, args.overwrite, amp=args.amp)
     runs = {"baseline": [], "lad": []}
     for seed in (int(s) for s in args.seeds.split(",")):
-        aps = train_students(args.out / f"seed{seed}", data, cache, seed, args.overwrite)
+        aps = train_students(args.out / f"seed{seed}", data, cache, seed, args.overwrite, amp=args.amp)
         runs["baseline"].append(aps["baseline student"]["AP"])
         runs["lad"].append(aps["LAD student"]["AP"])
     summary = {name: {"AP": values, "mean": statistics.mean(values),

@@ -15,7 +15,7 @@ from .distill.config import AssignConfig
 from .engine.config import EvalConfig, TrainConfig
 from .engine.evaluate import format_rows, run_eval
 from .engine.loop import train
-from .runtime import console
+from .runtime import console, resolve_device, use_bf16
 
 # The CPU preset (demo_preset.json): dataset size, network, schedule, epochs.
 PRESET = json.loads(resources.files(__package__).joinpath("demo_preset.json").read_text())
@@ -31,8 +31,9 @@ def timed(name: str, fn, seconds: dict):
     return result
 
 
-def evaluate_run(run: Path, data: Path, checkpoint: str = "last.pt") -> dict:
-    return run_eval(EvalConfig(str(run / checkpoint), str(data), batch=SCHEDULE["batch"], device=SCHEDULE["device"]))[0]
+def evaluate_run(run: Path, data: Path, checkpoint: str = "last.pt", amp: str = "auto") -> dict:
+    return run_eval(EvalConfig(str(run / checkpoint), str(data), batch=SCHEDULE["batch"], device=SCHEDULE["device"],
+                               amp=amp))[0]
 
 
 def student_config(data: Path, seed: int, epochs: int | None = None, **changes) -> TrainConfig:
@@ -43,42 +44,50 @@ def student_config(data: Path, seed: int, epochs: int | None = None, **changes) 
                        **{**MODEL, **SCHEDULE, **changes})
 
 
-def prepare_teacher(out: Path, overwrite: bool, seconds: dict | None = None) -> tuple[Path, Path, dict]:
+def prepare_teacher(out: Path, overwrite: bool, seconds: dict | None = None, amp: str = "auto") -> tuple[Path, Path, dict]:
     """synth + teacher-train + assign --cache; returns (data, cache, the teacher's val metrics)."""
     seconds = {} if seconds is None else seconds
     data, teacher, cache = out / "data", out / "teacher", out / "teacher.zarr"
     timed("synth", lambda: synthesize(data, DATA["train"], DATA["val"], DATA["seed"], overwrite), seconds)
     config = TrainConfig(out=str(teacher), data=str(data), epochs=TEACHER_EPOCHS, lr_steps=str(TEACHER_EPOCHS - 1),
-                         eval_every=TEACHER_EPOCHS, **MODEL, **SCHEDULE)
+                         eval_every=TEACHER_EPOCHS, amp=amp, **MODEL, **SCHEDULE)
     summary = timed("teacher-train", lambda: train(config, overwrite=overwrite), seconds)
     assign = AssignConfig(str(teacher / "last.pt"), str(data), cache=str(cache), batch=SCHEDULE["batch"],
-                          device=SCHEDULE["device"], overwrite=overwrite)
+                          device=SCHEDULE["device"], amp=amp, overwrite=overwrite)
     timed("assign --cache", lambda: run_assign(assign), seconds)
     return data, cache, summary["val"]
 
 
-def train_students(out: Path, data: Path, cache: Path, seed: int, overwrite: bool, seconds: dict | None = None) -> dict:
+def train_students(out: Path, data: Path, cache: Path, seed: int, overwrite: bool, seconds: dict | None = None,
+                   amp: str = "auto") -> dict:
     """A baseline and a LAD student of the same architecture, schedule and seed; their metrics."""
     seconds = {} if seconds is None else seconds
-    student = student_config(data, seed)
+    student = student_config(data, seed, amp=amp)
     rows = {}
     for name, run, source in (("baseline student", out / "baseline", {}), ("LAD student", out / "lad", {"cache": str(cache)})):
         timed(f"student-train ({name})", lambda: train(replace(student, out=str(run), **source), overwrite=overwrite), seconds)
-        rows[name] = timed(f"eval ({name})", lambda: evaluate_run(run, data), seconds)
+        rows[name] = timed(f"eval ({name})", lambda: evaluate_run(run, data, amp=amp), seconds)
     return rows
 
 
-def run_demo(out: Path, overwrite: bool = False) -> str:
+def run_demo(out: Path, overwrite: bool = False, amp: str = "auto") -> str:
     out = Path(out)
     seconds: dict = {}
     started = time.perf_counter()
-    data, cache, teacher_metrics = prepare_teacher(out, overwrite, seconds)
+    bf16 = use_bf16(resolve_device(SCHEDULE["device"]), amp)
+    data, cache, teacher_metrics = prepare_teacher(out, overwrite, seconds, amp)
     rows = {"teacher": teacher_metrics}  # validated on the val split at the end of its last epoch
-    rows.update(train_students(out, data, cache, 0, overwrite, seconds))
+    rows.update(train_students(out, data, cache, 0, overwrite, seconds, amp))
     total = round(time.perf_counter() - started, 1)
-    (out / "results.json").write_text(json.dumps({"metrics": rows, "seconds": seconds, "total_seconds": total}, indent=2) + "\n")
-    return format_results(rows, total)
+    (out / "results.json").write_text(json.dumps({"metrics": rows, "seconds": seconds, "total_seconds": total,
+                                                  "bf16": bf16}, indent=2) + "\n")
+    return format_results(rows, seconds, total, bf16)
 
 
-def format_results(rows: dict, seconds: float) -> str:
-    return f"{format_rows(rows)}\n(val split of the embedded dataset; {seconds:.0f} s in all)"
+def format_results(rows: dict, seconds: dict, total: float, bf16: bool) -> str:
+    """The metrics table, then the elapsed time of each stage."""
+    width = max(len(stage) for stage in seconds)
+    stages = [f"{stage:<{width}}  {s:7.1f} s" for stage, s in seconds.items()]
+    precision = "bf16 autocast" if bf16 else "float32 (no bf16 autocast)"
+    return "\n".join([format_rows(rows), "(val split of the embedded dataset)", "", *stages,
+                      f"{'total':<{width}}  {total:7.1f} s ({precision})"])

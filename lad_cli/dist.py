@@ -1,7 +1,9 @@
 """torch.distributed under torchrun: one process per device, nccl on CUDA, gloo on the CPU.
 
-Every command calls `setup` first. Without torchrun (WORLD_SIZE unset or 1) it is a
-one-process context and every helper here is a no-op, so the same code runs either way.
+Every command calls `setup` first. Without torchrun (WORLD_SIZE unset) it is a one-process
+context and every helper here is a no-op, so the same code runs either way. Under torchrun
+the process group exists even for one process, so that `--nproc-per-node 1` runs the very
+code N processes run (DDP, synchronised BatchNorm, nccl).
 """
 import atexit
 import os
@@ -25,17 +27,18 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    distributed: bool = False  # launched by torchrun: a process group exists
+
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.distributed
 
 
 def setup(device_name: str) -> Dist:
     """The process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and this
     process's device (cuda:LOCAL_RANK under torchrun on CUDA). Only rank 0 prints progress."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
-    if world <= 1:
+    if "WORLD_SIZE" not in os.environ:
         return Dist(0, 1, device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
@@ -49,7 +52,7 @@ def setup(device_name: str) -> Dist:
     rank = torch_dist.get_rank()
     if rank != 0:
         console.quiet = True
-    return Dist(rank, torch_dist.get_world_size(), device)
+    return Dist(rank, torch_dist.get_world_size(), device, distributed=True)
 
 
 def process_mean(t: Tensor) -> Tensor:
@@ -108,7 +111,7 @@ class SyncBatchNorm(nn.BatchNorm2d):
     frozen layers use the running statistics, as BatchNorm2d."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and torch_dist.is_initialized() and torch_dist.get_world_size() > 1):
+        if not (self.training and torch_dist.is_initialized()):
             return super().forward(x)
         from torch.distributed.nn.functional import all_gather  # differentiable
 

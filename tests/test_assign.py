@@ -6,9 +6,12 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
+from torchvision.ops import sigmoid_focal_loss
 
+from lad_cli.assign import gmm
+from lad_cli.assign.candidates import _dense_candidates, _grid_candidates, level_grids
 from lad_cli.assign.gmm import fit_two_gaussians, split_low_component
-from lad_cli.assign.paa import PAAParams, candidates, paa_assign
+from lad_cli.assign.paa import PAAParams, candidates, class_cost, paa_assign
 from lad_cli.model.anchors import AnchorLayout
 from lad_cli.structures import BACKGROUND, IGNORE, Targets
 from tests.reference_paa import reference_assign
@@ -160,3 +163,62 @@ def test_crowd_regions_ignore_their_background_anchors():
                       torch.tensor([[[38.0, 38, 52, 52]]]), torch.ones(1, 1, dtype=torch.bool))
     matched = paa_assign(anchors, [4], torch.zeros(1, 4, 2), torch.zeros(1, 4, 4), targets)
     assert matched[0, 2] == IGNORE and matched[0, 3] == BACKGROUND and (matched[0, :2] >= 0).any()
+
+
+def test_class_cost_is_torchvisions_focal_loss_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    for scale, shift in ((1.0, -4.0), (6.0, 0.0), (30.0, 0.0)):
+        logits = torch.randn(700, 80, generator=g) * scale + shift
+        logits[0, :6] = torch.tensor([0.0, -100.0, 100.0, 1e-8, -17.0, 17.0])
+        labels = torch.randint(0, 80, (700,), generator=g)
+        onehot = torch.nn.functional.one_hot(labels, 80).float()
+        assert torch.equal(class_cost(logits, labels, 0.25, 2.0), sigmoid_focal_loss(logits, onehot, 0.25, 2.0).sum(-1))
+
+
+def grid_batch(seed: int, n: int, max_gts: int, hw=(256, 384)):
+    """Boxes of every kind for the grid search: inside, overrunning the image, tiny, huge,
+    exact copies of anchors (IoU ties), duplicated GTs."""
+    g = torch.Generator().manual_seed(seed)
+    layout = AnchorLayout(octave_base_scale=4)
+    anchors = layout.anchors(hw)
+    boxes = []
+    for _ in range(n):
+        m = int(torch.randint(0, max_gts + 1, (1,), generator=g))
+        xy = torch.rand(m, 2, generator=g) * torch.tensor([hw[1], hw[0]]) * 1.2 - 20
+        wh = torch.exp(torch.rand(m, 2, generator=g) * 6)  # 1 to 400 px
+        b = torch.cat([xy, xy + wh], 1)
+        if m >= 4:
+            b[0] = anchors[int(torch.randint(0, len(anchors), (1,), generator=g))]
+            b[1] = b[0]
+            b[2] = anchors[-1]
+        boxes.append(b)
+    labels = [torch.zeros(len(b), dtype=torch.int64) for b in boxes]
+    return anchors, Targets.from_lists(boxes, labels, [torch.zeros(0, 4)] * n)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grid_search_finds_what_the_dense_matrix_finds(seed):
+    anchors, targets = grid_batch(seed, n=4, max_gts=40 if seed < 5 else 100)
+    grids = level_grids(anchors)
+    assert grids is not None  # the layout's anchors are a grid
+    dense = _dense_candidates(anchors, targets, 0.1)
+    assert torch.equal(_grid_candidates(anchors, grids, targets, 0.1), dense) and (dense >= 0).any()
+
+
+def test_anchors_that_are_no_grid_take_the_dense_search():
+    anchors = torch.tensor([[0, 0, 10, 10], [5, 0, 15, 10], [20, 0, 30, 10], [100, 100, 110, 110]], dtype=torch.float32)
+    assert level_grids(anchors) is None
+    anchors, _ = grid_batch(0, n=1, max_gts=0)
+    shuffled = anchors[torch.randperm(len(anchors), generator=torch.Generator().manual_seed(0))]
+    assert level_grids(shuffled) is None
+
+
+def test_em_block_schedule_does_not_change_the_fit(monkeypatch):
+    """CUDA's doubling blocks (fewer host syncs) and the CPU's blocks of 4 give the same fit."""
+    costs = torch.from_numpy(random_costs(np.random.default_rng(3), 200))
+    valid = torch.isfinite(costs)
+    cpu = fit_two_gaussians(costs, valid)
+    monkeypatch.setattr(gmm, "_doubling_blocks", lambda device: True)
+    doubling = fit_two_gaussians(costs, valid)
+    for name in ("weights", "means", "variances", "iterations"):
+        assert torch.equal(getattr(cpu, name), getattr(doubling, name)), name

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lad_cli.assign.colearn import colearn_assign
-from lad_cli.assign.paa import PAAParams, candidate_costs, candidates, paa_assign
+from lad_cli.assign.paa import CandidateList, PAAParams, candidate_costs, candidates, paa_assign
 from lad_cli.data.coco import load_split, locate_split
 from lad_cli.data.dataset import Collate, DetectionDataset
 from lad_cli.data.views import parse_views
@@ -37,7 +37,7 @@ def test_iteration_rule_picks_the_larger_std_over_mean():
     cand = candidates(anchors, targets, PAAParams())
     rho = []
     for c, d in ((cls, deltas), (other_cls, other_deltas)):
-        cost = candidate_costs(anchors, c, d, cand, targets, PAAParams())[cand >= 0]
+        cost = candidate_costs(anchors, c, d, CandidateList.of(cand), targets, PAAParams())
         rho.append(float(cost.std(correction=0) / cost.mean()))
     winner = (cls, deltas) if rho[0] >= rho[1] else (other_cls, other_deltas)
     matched, share = colearn_assign(anchors, counts, preds(cls, deltas), preds(other_cls, other_deltas), targets, "iteration")

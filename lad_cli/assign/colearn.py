@@ -2,17 +2,19 @@
 import torch
 from torch import Tensor
 
+from ..model.anchors import anchor_levels
 from ..structures import Predictions, Targets
-from .paa import PAAParams, assign_from_costs, candidate_costs, candidates
+from .paa import CandidateList, PAAParams, assign_from_costs, candidate_costs, candidates
 
 SWITCH_RULES = ("gt-level", "iteration")
 
 
-def _spread(cost: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """count, mean and std/mean of the costs under `mask`, reduced over the last dim."""
-    count = mask.sum(-1)
-    mean = torch.where(mask, cost, 0.0).sum(-1) / count.clamp(min=1)
-    var = torch.where(mask, (cost - mean[..., None]) ** 2, 0.0).sum(-1) / count.clamp(min=1)
+def _group_spread(cost: Tensor, group: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """count, mean and std/mean (population std) of the costs (K,) of each group id in
+    [0, groups): three (groups,) tensors; empty groups count 0."""
+    count = torch.zeros(groups, device=cost.device).index_add_(0, group, torch.ones_like(cost))
+    mean = torch.zeros(groups, device=cost.device).index_add_(0, group, cost) / count.clamp(min=1)
+    var = torch.zeros(groups, device=cost.device).index_add_(0, group, (cost - mean[group]) ** 2) / count.clamp(min=1)
     return count, mean, var.sqrt() / mean.clamp(min=1e-12)
 
 
@@ -33,28 +35,19 @@ def colearn_assign(anchors: Tensor, num_per_level: list[int], first: Predictions
     candidates of the batch defines every cost. Returns matched_idxs (N, A) and a scalar.
     """
     with torch.no_grad():
-        cand = candidates(anchors, targets, params)
-        cost_a = candidate_costs(anchors, first.cls_logits, first.box_deltas, cand, targets, params)
-        cost_b = candidate_costs(anchors, second.cls_logits, second.box_deltas, cand, targets, params)
+        cands = CandidateList.of(candidates(anchors, targets, params))
+        cost_a = candidate_costs(anchors, first.cls_logits, first.box_deltas, cands, targets, params)
+        cost_b = candidate_costs(anchors, second.cls_logits, second.box_deltas, cands, targets, params)
         if rule == "iteration":
-            valid = cand >= 0
-            first_wins = _rho(cost_a[valid]) >= _rho(cost_b[valid])
-            return assign_from_costs(torch.where(first_wins, cost_a, cost_b), cand, num_per_level, targets, params,
+            first_wins = _rho(cost_a) >= _rho(cost_b)
+            return assign_from_costs(torch.where(first_wins, cost_a, cost_b), cands, num_per_level, targets, params,
                                      anchors), first_wins.float()
-        cost = torch.empty_like(cost_a)
-        wins = torch.zeros((), device=cand.device)
-        decisions = torch.zeros((), device=cand.device)
-        gt_index = torch.arange(targets.labels.shape[1], device=cand.device)[None, :, None]
-        start = 0
-        for count in num_per_level:
-            sl = slice(start, start + count)
-            mask = cand[:, None, sl] == gt_index  # (N, M, A_l)
-            n_a, mean_a, rho_a = _spread(cost_a[:, None, sl], mask)
-            _, mean_b, rho_b = _spread(cost_b[:, None, sl], mask)
-            first_wins = torch.where(n_a == 1, mean_a <= mean_b, rho_a >= rho_b)  # (N, M)
-            pick = torch.gather(first_wins, 1, cand[:, sl].clamp(min=0))
-            cost[:, sl] = torch.where(pick, cost_a[:, sl], cost_b[:, sl])
-            wins += (first_wins & (n_a > 0)).sum()
-            decisions += (n_a > 0).sum()
-            start += count
-        return assign_from_costs(cost, cand, num_per_level, targets, params, anchors), wins / decisions.clamp(min=1)
+        n, m = targets.labels.shape
+        levels = len(num_per_level)
+        group = (cands.image * m + cands.gt) * levels + anchor_levels(num_per_level, cost_a.device)[cands.anchor]
+        n_a, mean_a, rho_a = _group_spread(cost_a, group, n * m * levels)
+        _, mean_b, rho_b = _group_spread(cost_b, group, n * m * levels)
+        first_wins = torch.where(n_a == 1, mean_a <= mean_b, rho_a >= rho_b)  # per (image, GT, level)
+        cost = torch.where(first_wins[group], cost_a, cost_b)
+        share = (first_wins & (n_a > 0)).sum() / (n_a > 0).sum().clamp(min=1)
+        return assign_from_costs(cost, cands, num_per_level, targets, params, anchors), share

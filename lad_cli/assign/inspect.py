@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..structures import Targets
-from .paa import PAAParams, candidate_costs, candidates, fit_pooled
+from .paa import CandidateList, PAAParams, candidate_costs, candidates, fit_pooled
 
 
 @dataclass
@@ -47,9 +47,9 @@ def gt_fits(anchors: Tensor, num_per_level: list[int], cls_logits: Tensor, box_d
     if num_gts == 0:
         return []
     with torch.no_grad():
-        cand = candidates(anchors, targets, params)
-        cost = candidate_costs(anchors, cls_logits[None], box_deltas[None], cand, targets, params)
-        fit = fit_pooled(cost, cand, num_per_level, targets.labels.shape[1], params)
+        cands = CandidateList.of(candidates(anchors, targets, params))
+        cost = candidate_costs(anchors, cls_logits[None], box_deltas[None], cands, targets, params)
+        fit = fit_pooled(cost, cands, num_per_level, 1, targets.labels.shape[1], params)
     mix = fit.mixture
     out = []
     for g in range(num_gts):

@@ -49,7 +49,7 @@ def evaluate(
     detections: Annotated[Optional[Path], typer.Option(help="Write the detections as a COCO results json.")] = None,
     batch: BatchSize = E.batch, device: Device = E.device, amp: Amp = E.amp, workers: Workers = E.workers,
 ) -> None:
-    """COCO metrics (pycocotools) of a checkpoint on a split."""
+    """COCO metrics (COCOeval's, computed by faster-coco-eval) of a checkpoint on a split."""
     from ..engine.evaluate import run_eval
 
     result = run_eval(EvalConfig(str(checkpoint), path_str(data), split, path_str(ann), path_str(images),
@@ -67,12 +67,12 @@ def evaluate(
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the dataset and the runs.")] = Path("lad-demo"),
-    overwrite: Overwrite = False,
+    overwrite: Overwrite = False, amp: Amp = "auto",
 ) -> None:
     """The whole story on the embedded dataset, on the CPU in minutes."""
     from ..demo import run_demo
 
-    typer.echo(run_demo(out, overwrite))
+    typer.echo(run_demo(out, overwrite, amp))
 
 
 @app.command("show-assign")

@@ -6,6 +6,7 @@ the padded canvas maps the anchor grid onto itself, so a horizontal flip is an e
 permutation of anchor indices. Order: level by level (P3 first), row-major in each.
 """
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -51,6 +52,13 @@ class AnchorLayout:
 
 
 def anchor_levels(num_per_level: list[int], device: torch.device | str = "cpu") -> Tensor:
-    """(A,) int64: the pyramid level (0 = P3) of every anchor, in the anchors' order."""
-    return torch.repeat_interleave(torch.arange(len(num_per_level), device=device),
-                                   torch.tensor(num_per_level, device=device))
+    """(A,) int64: the pyramid level (0 = P3) of every anchor, in the anchors' order.
+    Cached per shape and device: the assignment asks for it every step, and building it
+    on CUDA copies the counts from the host."""
+    return _anchor_levels(tuple(num_per_level), str(device))
+
+
+@lru_cache(maxsize=64)
+def _anchor_levels(num_per_level: tuple[int, ...], device: str) -> Tensor:
+    levels = torch.arange(len(num_per_level)).repeat_interleave(torch.tensor(num_per_level))
+    return levels.to(device)
