@@ -2,10 +2,9 @@
 import torch
 from torch import Tensor
 
+from ..choices import SWITCH_RULES
 from ..structures import Predictions, Targets
 from .paa import PAAParams, assign_from_costs, candidate_costs, candidates
-
-SWITCH_RULES = ("gt-level", "iteration")
 
 
 def _spread(cost: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -32,6 +31,8 @@ def colearn_assign(anchors: Tensor, num_per_level: list[int], first: Predictions
     lower cost wins); "iteration" (the paper): the network with the larger std/mean over all
     candidates of the batch defines every cost. Returns matched_idxs (N, A) and a scalar.
     """
+    if rule not in SWITCH_RULES:
+        raise ValueError(f"unknown co-learning switch {rule!r}: use {', '.join(SWITCH_RULES)}")
     with torch.no_grad():
         cand = candidates(anchors, targets, params)
         cost_a = candidate_costs(anchors, first.cls_logits, first.box_deltas, cand, targets, params)
