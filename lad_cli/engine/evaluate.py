@@ -79,13 +79,11 @@ def coco_metrics(split: CocoSplit, results: list[dict]) -> dict:
     """AP, AP50, AP75, APs, APm, APl as fractions (None where the split has no GT of that
     size, pycocotools' -1), and per_class: {category name: AP}."""
     names = {c["id"]: c["name"] for c in split.categories}
-    if not results:  # pycocotools' loadRes cannot take an empty list
-        return {**{k: 0.0 for k in METRIC_KEYS}, "per_class": {n: 0.0 for n in names.values()}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress on stdout
         gt = COCO()
         gt.dataset = _ground_truth(split)
         gt.createIndex()
-        dt = gt.loadRes(results)
+        dt = gt.loadRes(results) if results else _no_detections(gt)
         ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
         ev.accumulate()
@@ -98,6 +96,15 @@ def coco_metrics(split: CocoSplit, results: list[dict]) -> dict:
         per_class[names[cat_id]] = float(p[p > -1].mean()) if (p > -1).any() else None
     metrics["per_class"] = per_class
     return metrics
+
+
+def _no_detections(gt: COCO) -> COCO:
+    """An empty result set (pycocotools' loadRes cannot take an empty list): scored like any
+    other, 0 where the split has GT and None (-1) where it has none of a size or class."""
+    dt = COCO()
+    dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+    dt.createIndex()
+    return dt
 
 
 def _ground_truth(split: CocoSplit) -> dict:
