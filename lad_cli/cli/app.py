@@ -127,7 +127,13 @@ def _lr_steps_error(spec: str) -> str | None:
     return f"--lr-steps {spec!r}: epochs as integers separated by commas, e.g. 8,11"
 
 
-check_device, check_views, check_view = _check(device_error), _check(_views_error), _check(view_name_error)
+def _one_view_error(name: str) -> str | None:
+    if "," in name:
+        return f"--view {name!r}: give one view, e.g. orig, flip or orig@640"
+    return view_name_error(name)
+
+
+check_device, check_views, check_view = _check(device_error), _check(_views_error), _check(_one_view_error)
 
 
 # Options shared by several commands.
