@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from .choices import BOX_WEIGHTINGS
+from .errors import LadError
 from .model import coder
 from .model.boxes import aligned_iou, pairwise_iou
 from .structures import IGNORE, Targets
 
-BOX_WEIGHTINGS = ("iou", "mean")
 # The classification and box loss of the head; PAA's anchor cost is the same two terms.
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
@@ -34,6 +35,10 @@ class LossWeights:
     iou: float = 0.5
     # "iou": GIoU weighted by the IoU of the predicted box (PAA); "mean": plain mean (reference LAD head).
     box_weighting: str = "iou"
+
+    def __post_init__(self):
+        if self.box_weighting not in BOX_WEIGHTINGS:
+            raise LadError(f"unknown --box-weighting {self.box_weighting!r}: use {', '.join(BOX_WEIGHTINGS)}")
 
 
 def detection_loss(

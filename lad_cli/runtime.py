@@ -4,6 +4,7 @@ import contextlib
 import torch
 from rich.console import Console
 
+from .choices import AMP_MODES, device_error
 from .errors import LadError
 
 console = Console(stderr=True, highlight=False)
@@ -11,18 +12,16 @@ console = Console(stderr=True, highlight=False)
 
 def resolve_device(name: str) -> torch.device:
     """"auto" = CUDA when present, else CPU."""
+    if error := device_error(name):
+        raise LadError(error)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LadError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LadError(f"--device {name}: CUDA is not available on this machine")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise LadError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-AMP_MODES = ("auto", "bf16", "off")
 
 
 def use_bf16(device: torch.device, amp: str = "auto") -> bool:

@@ -56,6 +56,41 @@ def test_mixture_matches_sklearn():
         np.testing.assert_array_equal(ours[r, : len(x)], positive)
 
 
+def mmdetection_cut(x: np.ndarray) -> np.ndarray:
+    """Positives of mmdetection 3.3's PAAHead.gmm_separation_scheme on sklearn's fit, as we
+    read it: the low component's candidates up to the index torch.topk(1) picks among their
+    log-likelihoods (among equal ones, the kernel decides which)."""
+    gmm, _ = sklearn_fit(x)
+    low = gmm.predict(x.reshape(-1, 1)) == 0
+    positive = np.zeros(len(x), bool)
+    if low.any():
+        cut = int(torch.from_numpy(gmm.score_samples(x.reshape(-1, 1))[low]).topk(1).indices)
+        positive[np.nonzero(low)[0][: cut + 1]] = True
+    return positive
+
+
+@pytest.mark.parametrize("costs, expected", [
+    # three tied at the low component's mean: the cut after the first would keep 2 of these 4
+    ([0.45, 0.5, 0.5, 0.5, 0.55, 3.0, 3.1, 3.2, 3.3], [1, 1, 1, 1, 0, 0, 0, 0, 0]),
+    # constant predictions on five identical anchors: every cost equal
+    ([0.7] * 5, [1] * 5),
+    # a tie before the cut and one among the negatives
+    ([0.2, 0.2, 0.4, 0.5, 0.6, 2.0, 2.0, 2.5], None),
+])
+def test_equal_costs_at_the_cut_get_equal_decisions(costs, expected):
+    x = np.array(costs, np.float32)
+    c, v = torch.from_numpy(x)[None], torch.ones(1, len(x), dtype=torch.bool)
+    ours = split_low_component(c, v, fit_two_gaussians(c, v))[0].numpy()
+    for value in np.unique(x):
+        assert len(set(ours[x == value])) == 1, (value, ours)
+    if expected is not None:
+        np.testing.assert_array_equal(ours, np.array(expected, bool))
+    # mmdetection's positives are ours but for the rest of a tie at its cut (which topk splits)
+    theirs = mmdetection_cut(x)
+    assert (ours >= theirs).all()
+    assert np.isin(x[ours & ~theirs], x[theirs][-1:]).all()
+
+
 def test_mixture_is_defined_where_sklearn_fails():
     # Near-equal costs: float32 rounding drives a variance negative and sklearn raises
     # "ill-defined empirical covariance" (the reference's known crash on small data).
@@ -153,8 +188,8 @@ def test_one_candidate_no_candidate_and_equal_costs():
     cls = torch.zeros(1, 8, 3)
     deltas = torch.zeros(1, 8, 4)
     matched = paa_assign(anchors, [8], cls, deltas, targets)
-    # Equal costs: one component takes everything; the first of the tied best is the cut.
-    assert matched.tolist() == [[-1, -1, -1, 2, -1, -1, -1, -1]]
+    # Equal costs: one component takes everything, and equal costs get equal decisions.
+    assert matched.tolist() == [[-1, -1, -1, 2, 2, 2, 2, 2]]
 
 
 def test_crowd_regions_ignore_their_background_anchors():

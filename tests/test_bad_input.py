@@ -84,3 +84,36 @@ def test_bad_input_is_one_line_and_exit_code_2(synth_data, files, tmp_path, case
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert expected.format(**names) in errors[0], errors[0]
+
+
+class _RunsCode:
+    """Unpickling this calls open(marker, "w"): the marker file appears if loading runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("reader", ["eval", "teacher", "peer-init", "resume", "assign", "backbone weights"])
+def test_a_file_that_would_run_code_is_refused_and_runs_nothing(synth_data, files, tmp_path, reader):
+    marker = tmp_path / "marker"
+    ckpt = torch.load(files / "r18.pt", weights_only=True)
+    evil = tmp_path / "run" / "last.pt"
+    evil.parent.mkdir()
+    torch.save({**ckpt, "model": _RunsCode(marker)}, evil)
+    args = {
+        "eval": ["eval", "--checkpoint", evil, "--data", synth_data, "--device", "cpu"],
+        "teacher": ["student-train", "--teacher", evil, "--data", synth_data, "--out", tmp_path / "s", *TINY],
+        "peer-init": ["student-train", "--colearn", "--peer-init", evil, "--data", synth_data, "--out", tmp_path / "s", *TINY],
+        "resume": ["teacher-train", "--out", evil.parent, "--resume", "--device", "cpu"],
+        "assign": ["assign", "--teacher", evil, "--data", synth_data, "--device", "cpu"],
+        "backbone weights": ["teacher-train", "--weights", evil, "--data", synth_data, "--out", tmp_path / "s", *TINY],
+    }[reader]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{evil}: refused: the" in errors[0] and "(io.open), which could run code when loaded" in errors[0]
+    assert not marker.exists()

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
 from lad_cli.cli import app
@@ -105,3 +106,34 @@ def test_eval_of_perfect_detections_is_one(synth_data):
     metrics = coco_metrics(split, perfect)
     assert metrics["AP"] == pytest.approx(1.0) and all(v == pytest.approx(1.0) for v in metrics["per_class"].values() if v is not None)
     assert coco_metrics(split, [])["AP"] == 0.0
+
+
+def test_eval_without_detections_is_null_where_the_split_has_no_gt(tmp_path):
+    """No detections at all: 0 where the split has GT, None where it has none of that size or
+    class, as pycocotools scores a single detection that matches nothing."""
+    from PIL import Image
+
+    from lad_cli.data.coco import load_split
+    from lad_cli.engine.evaluate import METRIC_KEYS, coco_metrics
+
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (100, 80)).save(tmp_path / "images" / name)
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 80},
+                      {"id": 2, "file_name": "b.png", "width": 100, "height": 80}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0},
+                           {"id": 2, "image_id": 2, "category_id": 3, "bbox": [20, 20, 40, 40], "area": 1600, "iscrowd": 0}],
+           "categories": [{"id": 3, "name": "disc"}, {"id": 4, "name": "ring"}]}
+    ann = tmp_path / "val.json"
+    ann.write_text(json.dumps(doc))  # one small and one medium disc; no ring, nothing large
+    metrics = coco_metrics(load_split(ann, tmp_path / "images"), [])
+
+    gt = COCO(str(ann))
+    miss = gt.loadRes([{"image_id": 1, "category_id": 3, "bbox": [80, 60, 5, 5], "score": 0.5}])
+    ev = COCOeval(gt, miss, "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert {k: metrics[k] for k in METRIC_KEYS} == {k: None if v < 0 else v for k, v in zip(METRIC_KEYS, ev.stats[:6])}
+    assert metrics["APl"] is None and metrics["APs"] == metrics["APm"] == 0.0
+    assert metrics["per_class"] == {"disc": 0.0, "ring": None}

@@ -2,11 +2,10 @@
 import torch
 from torch import Tensor
 
+from ..choices import SWITCH_RULES
 from ..model.anchors import anchor_levels
 from ..structures import Predictions, Targets
 from .paa import CandidateList, PAAParams, assign_from_costs, candidate_costs, candidates
-
-SWITCH_RULES = ("gt-level", "iteration")
 
 
 def _group_spread(cost: Tensor, group: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -34,6 +33,8 @@ def colearn_assign(anchors: Tensor, num_per_level: list[int], first: Predictions
     lower cost wins); "iteration" (the paper): the network with the larger std/mean over all
     candidates of the batch defines every cost. Returns matched_idxs (N, A) and a scalar.
     """
+    if rule not in SWITCH_RULES:
+        raise ValueError(f"unknown co-learning switch {rule!r}: use {', '.join(SWITCH_RULES)}")
     with torch.no_grad():
         cands = CandidateList.of(candidates(anchors, targets, params))
         cost_a = candidate_costs(anchors, first.cls_logits, first.box_deltas, cands, targets, params)

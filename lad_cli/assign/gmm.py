@@ -121,12 +121,12 @@ def split_low_component(costs: Tensor, valid: Tensor, mixture: Mixture) -> Tenso
 
     `costs` must be sorted ascending along K with the valid entries first. The
     candidates predicted into the low-cost component (component 0), in cost order, are
-    cut after the one with the highest log-likelihood; ties go to the earlier one.
+    cut after the one with the highest log-likelihood, and after every candidate of
+    exactly its cost: equal costs get equal decisions (docs/method.md, "PAA assignment").
     """
     x32 = torch.where(valid, costs.float(), 0.0)
     wlp = mixture.weighted_log_prob(x32.double(), (x32 * x32).double())
     low = (wlp[..., 0] >= wlp[..., 1]) & valid
     score = torch.where(low, torch.logsumexp(wlp, -1), -math.inf)
     best = score.argmax(-1, keepdim=True)
-    position = torch.arange(costs.shape[1], device=costs.device)[None, :]
-    return low & (position <= best)
+    return low & (x32 <= x32.gather(-1, best))

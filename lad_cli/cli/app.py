@@ -1,17 +1,57 @@
 """The typer application, its command groups, and what every command shares: one-line
-errors with exit code 2, JSON results, and the option types of the training commands."""
+errors with exit code 2 (usage mistakes too), JSON results, and the option types of the
+training commands. An option with a fixed set of values is a `Literal` of its set in
+`lad_cli.choices`, checked by typer before any work."""
 import functools
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
+from typer._click.exceptions import UsageError  # typer >= 0.29 vendors click
+from typer.core import TyperGroup
 
+from ..choices import AMP_MODES, ARCHS, BOX_WEIGHTINGS, DEVICE_FORMS, closest, device_error, view_name_error, view_names
 from ..errors import LadError, one_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+
+class OptionError(typer.BadParameter):
+    """A bad option value found by one of our callbacks: its message is the whole line."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def usage_line(exc: UsageError) -> str:
+    """One line for a usage mistake; a value outside an option's choices is answered with the
+    valid values and the closest one."""
+    param = getattr(exc, "param", None)
+    choices = getattr(getattr(param, "type_descriptor", None), "choices", None)
+    errors = getattr(exc.__cause__, "errors", None)  # typer checks a Literal through pydantic
+    typed = errors()[0].get("input") if callable(errors) else None
+    if choices and isinstance(typed, str):
+        names = [str(c) for c in choices]
+        return f"unknown {param.opts[0]} {typed!r}: use {', '.join(names)}{closest(typed, names)}"
+    return " ".join(exc.format_message().split())
+
+
+class LadGroup(TyperGroup):
+    """Usage mistakes in any command (an unknown option, a value outside its choices, a
+    missing option) end as every user error does: one line on stderr, exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `lad cache`: the help, as typer shows it
+                raise
+            typer.echo(f"error: {usage_line(exc)}", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=LadGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Label Assignment Distillation for PAA object detectors.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: write the embedded synthetic dataset.")
 app.add_typer(data_app, name="data", help="Datasets: write the embedded synthetic dataset.")
@@ -49,20 +89,67 @@ def path_str(path: Optional[Path]) -> Optional[str]:
     return None if path is None else str(path)
 
 
+def given_options(ctx: typer.Context) -> set[str]:
+    """The parameters given on the command line (not defaults): what --resume compares."""
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+
+
+def takes(what: str):
+    """Callback of an option taking a value: a value that is an option name (`--cache --teacher T`
+    gives --cache the value "--teacher") means the value was left out."""
+    def check(ctx, param, value):
+        if value is not None and str(value).startswith("--"):
+            raise OptionError(f"{param.opts[0]} takes {what}, not the option name {value}")
+        return value
+    return check
+
+
+def _check(error_of):
+    """Callback checking a value with a function that says what is wrong with it (or None)."""
+    def check(ctx, param, value):
+        if value is not None and (error := error_of(value)):
+            raise OptionError(error)
+        return value
+    return check
+
+
+def _views_error(spec: str) -> str | None:
+    try:
+        view_names(spec)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _lr_steps_error(spec: str) -> str | None:
+    if all(s.strip().isdigit() for s in spec.split(",") if s.strip()):
+        return None
+    return f"--lr-steps {spec!r}: epochs as integers separated by commas, e.g. 8,11"
+
+
+def _one_view_error(name: str) -> str | None:
+    if "," in name:
+        return f"--view {name!r}: give one view, e.g. orig, flip or orig@640"
+    return view_name_error(name)
+
+
+check_device, check_views, check_view = _check(device_error), _check(_views_error), _check(_one_view_error)
+
+
 # Options shared by several commands.
-Data = Annotated[Optional[Path], typer.Option(help="Dataset folder: DIR/annotations/{split}.json + DIR/images/{split}/, or COCO 2017's layout.")]
-Ann = Annotated[Optional[Path], typer.Option(help="Annotation file, with --images, instead of --data.")]
-Images = Annotated[Optional[Path], typer.Option(help="Image folder for --ann.")]
+Data = Annotated[Optional[Path], typer.Option(callback=takes("the dataset folder"), help="Dataset folder: DIR/annotations/{split}.json + DIR/images/{split}/, or COCO 2017's layout.")]
+Ann = Annotated[Optional[Path], typer.Option(callback=takes("the annotation file"), help="Annotation file, with --images, instead of --data.")]
+Images = Annotated[Optional[Path], typer.Option(callback=takes("the image folder"), help="Image folder for --ann.")]
 Split = Annotated[str, typer.Option(help="Split to train on.")]
 ValSplit = Annotated[str, typer.Option(help="Split to validate on after each epoch ('' for none).")]
-Arch = Annotated[str, typer.Option(help="Backbone: resnet18, resnet34, resnet50 or resnet101.")]
+Arch = Annotated[Literal[ARCHS], typer.Option(help="Backbone.")]
 Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option("--batch", min=1, help="Images per iteration.")]
-Out = Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
-Amp = Annotated[str, typer.Option(help="bf16 autocast: auto (on CUDA, and on CPUs with bf16 units), bf16 or off.")]
+Out = Annotated[Path, typer.Option(callback=takes("the run folder"), help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")]
+Device = Annotated[str, typer.Option(callback=check_device, metavar="|".join(DEVICE_FORMS), help="auto: CUDA when present.")]
+Amp = Annotated[Literal[AMP_MODES], typer.Option(help="bf16 autocast: auto (on CUDA, and on CPUs with bf16 units), bf16 or off.")]
 Seed = Annotated[int, typer.Option(help="Seed of the weights' init and of the batch/view plan.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out (its config.json wins).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out with its config.json; an option given that contradicts it is refused.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
 Lr = Annotated[Optional[float], typer.Option(help="Base learning rate [default: 0.01 x batch / 16].")]
 Workers = Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")]
@@ -73,10 +160,10 @@ HeadDepth = Annotated[int, typer.Option(min=1, help="Convs per head tower (4 = p
 AnchorScale = Annotated[int, typer.Option(min=1, help="Anchor side in strides (8 = paper; smaller suits small images).")]
 Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: a torchvision ResNet state-dict file, or 'imagenet' (torchvision's cache).")]
 Warmup = Annotated[int, typer.Option(min=0, help="Linear warm-up iterations.")]
-LrSteps = Annotated[Optional[str], typer.Option(help="Epochs at which lr x0.1, e.g. 8,11 [default: 8/12 and 11/12 of the run].")]
-Views = Annotated[str, typer.Option(help="Training views, e.g. orig,flip (random flip) or orig,flip,orig@640,flip@640.")]
+LrSteps = Annotated[Optional[str], typer.Option(callback=_check(_lr_steps_error), help="Epochs at which lr x0.1, e.g. 8,11 [default: 8/12 and 11/12 of the run].")]
+Views = Annotated[str, typer.Option(callback=check_views, help="Training views, e.g. orig,flip (random flip) or orig,flip,orig@640,flip@640.")]
 LogEvery = Annotated[int, typer.Option(min=1, help="Log to metrics.jsonl every N iterations.")]
 SaveEvery = Annotated[int, typer.Option(min=0, help="Also save last.pt every N iterations (0: at epoch ends).")]
 SkipNonfinite = Annotated[int, typer.Option(min=0, help="Skip up to K batches whose loss is NaN/inf (0: stop at the first).")]
 Clip = Annotated[float, typer.Option(help="Gradient clipping max norm.")]
-BoxWeighting = Annotated[Optional[str], typer.Option(help="GIoU loss weighting: iou (PAA) or mean (reference LAD head) [default: iou for own assignments, mean for LAD].")]
+BoxWeighting = Annotated[Optional[Literal[BOX_WEIGHTINGS]], typer.Option(help="GIoU loss weighting: iou (PAA) or mean (reference LAD head) [default: iou for own assignments, mean for LAD].")]

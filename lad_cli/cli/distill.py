@@ -16,8 +16,10 @@ from .app import (
     Workers,
     app,
     cache_app,
+    check_views,
     emit_json,
     path_str,
+    takes,
     user_errors,
 )
 
@@ -27,11 +29,12 @@ A = AssignConfig  # its field defaults are the options' defaults
 @app.command("assign")
 @user_errors
 def assign(
-    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint.")],
+    teacher: Annotated[Path, typer.Option(callback=takes("the teacher checkpoint"), help="Teacher checkpoint.")],
     data: Data = None, split: Annotated[str, typer.Option(help="Split to assign.")] = A.split,
     ann: Ann = None, images: Images = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", "--out", help="Write the assignments to this zarr store.")] = None,
-    views: Annotated[str, typer.Option(help="Views to assign, at the teacher's training size: e.g. orig,flip.")] = A.views,
+    cache: Annotated[Optional[Path], typer.Option("--cache", "--out", callback=takes("the store path (--cache OUT.zarr)"),
+                                                  help="Write the assignments to this zarr store.")] = None,
+    views: Annotated[str, typer.Option(callback=check_views, help="Views to assign, at the teacher's training size: e.g. orig,flip.")] = A.views,
     batch: BatchSize = A.batch, device: Device = A.device, amp: Amp = A.amp, workers: Workers = A.workers,
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted cache, skipping finished shards.")] = False,
     overwrite: Overwrite = False,

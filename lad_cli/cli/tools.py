@@ -15,9 +15,11 @@ from .app import (
     Overwrite,
     Workers,
     app,
+    check_view,
     data_app,
     emit_json,
     path_str,
+    takes,
     user_errors,
 )
 
@@ -42,11 +44,11 @@ def data_synth(
 @app.command("eval")
 @user_errors
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="A lad checkpoint (last.pt, best.pt).")],
+    checkpoint: Annotated[Path, typer.Option(callback=takes("the checkpoint"), help="A lad checkpoint (last.pt, best.pt).")],
     data: Data = None, split: Annotated[str, typer.Option(help="Split to evaluate.")] = E.split,
     ann: Ann = None, images: Images = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON to this file (- for stdout).")] = None,
-    detections: Annotated[Optional[Path], typer.Option(help="Write the detections as a COCO results json.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=takes("a file (- for stdout)"), help="Write the metrics as JSON to this file (- for stdout).")] = None,
+    detections: Annotated[Optional[Path], typer.Option(callback=takes("a file"), help="Write the detections as a COCO results json.")] = None,
     batch: BatchSize = E.batch, device: Device = E.device, amp: Amp = E.amp, workers: Workers = E.workers,
 ) -> None:
     """COCO metrics (COCOeval's, computed by faster-coco-eval) of a checkpoint on a split."""
@@ -66,7 +68,7 @@ def evaluate(
 @app.command("demo")
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the dataset and the runs.")] = Path("lad-demo"),
+    out: Annotated[Path, typer.Option(callback=takes("a folder"), help="Folder for the dataset and the runs.")] = Path("lad-demo"),
     overwrite: Overwrite = False, amp: Amp = "auto",
 ) -> None:
     """The whole story on the embedded dataset, on the CPU in minutes."""
@@ -78,13 +80,13 @@ def demo(
 @app.command("show-assign")
 @user_errors
 def show_assign(
-    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint: its PAA assignment is drawn.")],
+    teacher: Annotated[Path, typer.Option(callback=takes("the teacher checkpoint"), help="Teacher checkpoint: its PAA assignment is drawn.")],
     image: Annotated[int, typer.Option("--image", help="COCO image id.")],
-    out: Annotated[Path, typer.Option(help="PNG file to write.")],
-    student: Annotated[Optional[Path], typer.Option(help="Also draw this checkpoint's own PAA assignment (eval-mode predictions), side by side.")] = None,
+    out: Annotated[Path, typer.Option(callback=takes("the PNG file"), help="PNG file to write.")],
+    student: Annotated[Optional[Path], typer.Option(callback=takes("a checkpoint"), help="Also draw this checkpoint's own PAA assignment (eval-mode predictions), side by side.")] = None,
     data: Data = None, split: Annotated[str, typer.Option(help="Split holding the image.")] = "train",
     ann: Ann = None, images: Images = None,
-    view: Annotated[str, typer.Option(help="The view the networks see, at the teacher's size: orig, flip, orig@S or flip@S.")] = "orig",
+    view: Annotated[str, typer.Option(callback=check_view, help="The view the networks see, at the teacher's size: orig, flip, orig@S or flip@S.")] = "orig",
     device: Device = "auto", amp: Amp = "auto",
 ) -> None:
     """Picture of one image's PAA assignment: GT boxes, positive anchors, mixture fits.
@@ -104,7 +106,7 @@ def show_assign(
 @user_errors
 def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (each with a metrics.jsonl).")],
-    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    out: Annotated[Path, typer.Option(callback=takes("the PNG file"), help="PNG file to write.")],
 ) -> None:
     """Training curves of runs: each loss term and validation AP/AP50 against the iteration."""
     from ..viz.plot import run_plot

@@ -1,9 +1,10 @@
 """lad teacher-train and lad student-train."""
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
+from ..choices import ARCHS, ASSIGN_FROM, SWITCH_RULES
 from ..engine.config import TrainConfig
 from .app import (
     Amp,
@@ -37,8 +38,11 @@ from .app import (
     Width,
     Workers,
     app,
+    check_views,
     emit_json,
+    given_options,
     path_str,
+    takes,
     user_errors,
 )
 
@@ -48,7 +52,7 @@ T = TrainConfig  # its field defaults are the options' defaults
 @app.command("teacher-train")
 @user_errors
 def teacher_train(
-    out: Out, data: Data = None, ann: Ann = None, images: Images = None, split: Split = T.split,
+    ctx: typer.Context, out: Out, data: Data = None, ann: Ann = None, images: Images = None, split: Split = T.split,
     val_split: ValSplit = T.val_split, arch: Arch = T.arch,
     epochs: Epochs = T.epochs, batch: BatchSize = T.batch, lr: Lr = T.lr, device: Device = T.device, amp: Amp = T.amp,
     seed: Seed = T.seed, resume: Resume = False, overwrite: Overwrite = False, workers: Workers = T.workers,
@@ -67,23 +71,23 @@ def teacher_train(
         max_size=max_size, views=views, epochs=epochs, batch=batch, lr=lr, warmup=warmup, lr_steps=lr_steps, clip=clip,
         box_weighting=box_weighting, seed=seed, device=device, amp=amp, workers=workers, log_every=log_every,
         save_every=save_every, skip_nonfinite=skip_nonfinite)
-    emit_json(train(cfg, resume=resume, overwrite=overwrite))
+    emit_json(train(cfg, resume=resume, overwrite=overwrite, given=given_options(ctx)))
 
 
 @app.command("student-train")
 @user_errors
 def student_train(
-    out: Out, data: Data = None, ann: Ann = None, images: Images = None, split: Split = T.split,
+    ctx: typer.Context, out: Out, data: Data = None, ann: Ann = None, images: Images = None, split: Split = T.split,
     val_split: ValSplit = T.val_split, arch: Arch = T.arch,
-    cache: Annotated[Optional[Path], typer.Option(help="Cached LAD: assignments from this `lad assign --cache` store.")] = None,
-    teacher: Annotated[Optional[Path], typer.Option(help="Online LAD: this teacher checkpoint assigns every iteration.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(callback=takes("the store path"), help="Cached LAD: assignments from this `lad assign --cache` store.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(callback=takes("the teacher checkpoint"), help="Online LAD: this teacher checkpoint assigns every iteration.")] = None,
     colearn: Annotated[bool, typer.Option("--colearn", help="Co-learning LAD with a peer network trained alongside.")] = False,
-    peer_arch: Annotated[Optional[str], typer.Option(help="Co-learning peer backbone [default: --arch].")] = None,
-    peer_init: Annotated[Optional[Path], typer.Option(help="Start the co-learning peer from this checkpoint.")] = None,
-    switch: Annotated[str, typer.Option(help="Co-learning switch: gt-level (released code) or iteration (paper).")] = T.switch,
+    peer_arch: Annotated[Optional[Literal[ARCHS]], typer.Option(help="Co-learning peer backbone [default: --arch].")] = None,
+    peer_init: Annotated[Optional[Path], typer.Option(callback=takes("the peer checkpoint"), help="Start the co-learning peer from this checkpoint.")] = None,
+    switch: Annotated[Literal[SWITCH_RULES], typer.Option(help="Co-learning switch: gt-level (released code) or iteration (paper).")] = T.switch,
     soft_label_weight: Annotated[Optional[float], typer.Option(help="Add soft-label distillation with this class-KL weight (needs --teacher).")] = None,
     soft_label_gamma: Annotated[float, typer.Option(help="Focal exponent of the soft-label KL.")] = T.soft_label_gamma,
-    assign_from: Annotated[str, typer.Option(help="With --teacher: whose PAA assignment the GT losses use: teacher (LAD) or student (its own; with --soft-label-weight, plain soft-label distillation).")] = T.assign_from,
+    assign_from: Annotated[Literal[ASSIGN_FROM], typer.Option(help="With --teacher: whose PAA assignment the GT losses use: teacher (LAD) or student (its own; with --soft-label-weight, plain soft-label distillation).")] = T.assign_from,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Train on the finished entries of an incomplete cache.")] = False,
     epochs: Epochs = T.epochs, batch: BatchSize = T.batch, lr: Lr = T.lr, device: Device = T.device, amp: Amp = T.amp,
     seed: Seed = T.seed, resume: Resume = False, overwrite: Overwrite = False, workers: Workers = T.workers,
@@ -92,7 +96,7 @@ def student_train(
     width: Width = T.width, head_depth: HeadDepth = T.head_depth,
     anchor_scale: Annotated[Optional[int], typer.Option(min=1, help="Anchor side in strides [default: the teacher's or cache's, else 8].")] = None,
     weights: Weights = T.weights, warmup: Warmup = T.warmup, lr_steps: LrSteps = T.lr_steps,
-    views: Annotated[Optional[str], typer.Option(help="Training views [default: the cache's, else orig,flip].")] = None,
+    views: Annotated[Optional[str], typer.Option(callback=check_views, help="Training views [default: the cache's, else orig,flip].")] = None,
     log_every: LogEvery = T.log_every, save_every: SaveEvery = T.save_every, clip: Clip = T.clip,
     box_weighting: BoxWeighting = T.box_weighting, skip_nonfinite: SkipNonfinite = T.skip_nonfinite,
 ) -> None:
@@ -110,4 +114,4 @@ def student_train(
         teacher=path_str(teacher), cache=path_str(cache), allow_partial=allow_partial, colearn=colearn,
         peer_arch=peer_arch, peer_init=path_str(peer_init), switch=switch, soft_label_weight=soft_label_weight,
         soft_label_gamma=soft_label_gamma, assign_from=assign_from, **inputs)
-    emit_json(train(cfg, resume=resume, overwrite=overwrite))
+    emit_json(train(cfg, resume=resume, overwrite=overwrite, given=given_options(ctx)))

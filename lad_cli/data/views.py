@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..choices import view_names
 from ..errors import LadError
 
 MEAN = (123.675, 116.28, 103.53)
@@ -32,17 +33,15 @@ class View:
 
 
 def parse_views(spec: str, short_side: int, max_side: int) -> list[View]:
+    try:
+        names = view_names(spec)
+    except ValueError as exc:
+        raise LadError(str(exc)) from None
     views = []
-    for name in (s.strip() for s in spec.split(",") if s.strip()):
+    for name in names:
         kind, _, size = name.partition("@")
-        if kind not in ("orig", "flip") or (size and not size.isdigit()):
-            raise LadError(f"unknown view {name!r}: use orig, flip, orig@SIZE or flip@SIZE")
         short = int(size) if size else short_side
         views.append(View(name, short, max(max_side, short) if size else max_side, kind == "flip"))
-    if not views:
-        raise LadError("--views names no view")
-    if len({v.name for v in views}) != len(views):
-        raise LadError(f"--views {spec!r} names a view twice")
     return views
 
 

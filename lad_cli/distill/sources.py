@@ -15,8 +15,10 @@ from torch import Tensor
 
 from ..assign.colearn import colearn_assign
 from ..assign.paa import PAAParams, paa_assign
+from ..choices import ASSIGN_FROM
 from ..data.coco import CocoSplit
 from ..data.dataset import Batch, DetectionDataset
+from ..data.views import View, parse_views
 from ..dist import process_mean
 from ..errors import LadError
 from ..losses import SoftLabelWeights, soft_label_loss
@@ -24,7 +26,7 @@ from ..model.build import load_checkpoint, load_detector, new_detector
 from ..model.detector import PAADetector
 from ..runtime import console
 from ..structures import Predictions
-from .cache.store import AssignmentCache, Provenance, anchor_counts
+from .cache.store import AssignmentCache, anchor_counts, assigner_record
 from .teacher import Teacher
 
 
@@ -127,16 +129,21 @@ class CachedDataset(torch.utils.data.Dataset):
 
 
 class CachedAssignment(AssignmentSource):
-    """Cached LAD: assignments read from a `lad assign --cache` store; no teacher in memory."""
+    """Cached LAD: assignments read from a `lad assign --cache` store; no teacher in memory.
 
-    def __init__(self, path: Path, split: CocoSplit, layout, allow_partial: bool):
+    The store's provenance is compared with what the run knows itself: the annotation file's
+    hash and categories, the student's views and anchor layout, the assigner it is configured
+    with. The teacher's file and precision are recorded but cannot be checked here (no
+    teacher is loaded)."""
+
+    def __init__(self, path: Path, split: CocoSplit, layout, views: list[View], params: PAAParams, allow_partial: bool):
         self.path = Path(path)
         self.cache = AssignmentCache.open(self.path)
         self.layout = layout
         self.split = split
-        expected = Provenance(self.cache.provenance.teacher_sha256, split.sha256, self.cache.provenance.views,
-                              layout.to_dict(), self.cache.provenance.assigner, split.categories)
-        field_name = self.cache.provenance.mismatch(expected)
+        field_name = self.cache.provenance.differs_from({
+            "annotations_sha256": split.sha256, "categories": split.categories, "views": [v.to_dict() for v in views],
+            "anchor_layout": layout.to_dict(), "assigner": assigner_record(params)})
         if field_name:
             raise LadError(f"{self.path}: cache does not match the training setup: {field_name} differs")
         entries_done = self.cache.done()
@@ -150,17 +157,10 @@ class CachedAssignment(AssignmentSource):
                           f"of {len(done)} images whose entries are all done")
         self.images_done = np.nonzero(done)[0].tolist()
 
-    @property
-    def views(self) -> list[dict]:
-        return self.cache.attrs["views"]
-
     def subset(self) -> list[int]:
         return self.images_done
 
     def wrap_dataset(self, dataset: DetectionDataset) -> CachedDataset:
-        if [v.to_dict() for v in dataset.views] != self.views:
-            raise LadError(f"{self.path}: cache views {[v['name'] for v in self.views]} differ from the run's "
-                           f"{[v.name for v in dataset.views]}")
         return CachedDataset(dataset, self.path, anchor_counts(self.cache.padded_hw(), self.layout))
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
@@ -192,12 +192,13 @@ def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.devi
     if cfg.soft_label_weight is not None and not cfg.teacher:
         why = "the cache holds assignments, not the teacher's outputs" if cfg.cache else "soft labels come from a teacher"
         raise LadError(f"--soft-label-weight needs --teacher ({why})")
-    if cfg.assign_from not in ("teacher", "student"):
-        raise LadError(f"--assign-from is teacher or student, not {cfg.assign_from!r}")
+    if cfg.assign_from not in ASSIGN_FROM:
+        raise LadError(f"unknown --assign-from {cfg.assign_from!r}: use {', '.join(ASSIGN_FROM)}")
     if cfg.assign_from == "student" and not (cfg.teacher and cfg.soft_label_weight is not None):
         raise LadError("--assign-from student needs --teacher and --soft-label-weight (the teacher then gives soft labels only)")
     if cfg.cache:
-        return CachedAssignment(Path(cfg.cache), split, student.config.layout, cfg.allow_partial)
+        return CachedAssignment(Path(cfg.cache), split, student.config.layout, parse_views(cfg.views, cfg.size, cfg.max_size),
+                                PAAParams(), cfg.allow_partial)
     if cfg.teacher:
         teacher = Teacher(Path(cfg.teacher), device, bf16)
         teacher.check_compatible(student, split)

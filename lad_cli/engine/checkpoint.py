@@ -7,6 +7,7 @@ import torch
 
 from ..data.coco import CocoSplit
 from ..errors import LadError
+from ..files import replace_durably
 from ..model.build import CHECKPOINT_FORMAT
 from ..model.detector import PAADetector
 
@@ -14,8 +15,9 @@ TEMP_GLOB = ".*.tmp"  # save_atomic's temp files; a kill during a save leaves on
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, rename: a kill or a full disk leaves
-    the old file. A write error (ENOSPC, read-only folder) is a LadError."""
+    """Write to a temp file in the same folder, fsync, rename, fsync the folder: a kill, a
+    power cut or a full disk leaves the old file. A write error (ENOSPC, read-only folder) is
+    a LadError."""
     path = Path(path)
     tmp = None
     try:
@@ -24,7 +26,7 @@ def save_atomic(obj: dict, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

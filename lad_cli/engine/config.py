@@ -1,5 +1,8 @@
 """The resolved configuration of a training run (RUN/config.json); its defaults are the CLI's."""
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import LadError
 
 
 @dataclass
@@ -70,6 +73,37 @@ class TrainConfig:
         if iteration < self.warmup:
             lr *= 0.001 + (1 - 0.001) * iteration / self.warmup
         return lr
+
+
+# What may change when a run is resumed, as given on its command line: where it runs, and
+# how often it logs, saves and tolerates a non-finite batch; nothing of what it computes.
+MACHINE_OPTIONS = ("device", "workers")  # this machine's: always the command line's (default or not)
+RESUME_OPTIONS = (*MACHINE_OPTIONS, "log_every", "save_every", "skip_nonfinite")
+PATH_FIELDS = ("out", "data", "ann", "images", "weights", "teacher", "cache", "peer_init")
+
+
+def _same(name: str, a, b) -> bool:
+    if a == b:
+        return True
+    return name in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve()
+
+
+def resumed_config(run: dict, saved: dict, cfg: TrainConfig, given: set[str] | None, out) -> TrainConfig:
+    """The configuration a run continues with on --resume: its config.json (`run`), which must
+    agree with the copy in last.pt (`saved`), with the RESUME_OPTIONS the command line gave
+    (`given`: its TrainConfig field names; None, a library call: none). Any other option given
+    that contradicts the run is a LadError naming it, never silently ignored."""
+    for name in sorted({f.name for f in fields(TrainConfig)} - set(RESUME_OPTIONS)):
+        if not _same(name, run.get(name), saved.get(name)):
+            raise LadError(f"{out}/config.json and last.pt disagree on {name} ({run.get(name)!r} vs {saved.get(name)!r}): "
+                           "restore config.json, or start a new run with --overwrite")
+    for name in sorted((given or set()) - set(RESUME_OPTIONS) - {"out"}):
+        if name in run and not _same(name, getattr(cfg, name), run[name]):
+            flag = "--" + name.replace("_", "-")
+            raise LadError(f"{flag} {getattr(cfg, name)} contradicts the run being resumed ({name} {run[name]!r} in "
+                           f"{out}/config.json): resume without {flag}, or start a new run with --overwrite")
+    now = {k: getattr(cfg, k) for k in RESUME_OPTIONS if k in MACHINE_OPTIONS or k in (given or set())}
+    return TrainConfig.from_dict({**run, **now})
 
 
 # The student's input options that follow its assignment source when not given.

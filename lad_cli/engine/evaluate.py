@@ -80,13 +80,11 @@ def coco_metrics(split: CocoSplit, results: list[dict]) -> dict:
     """AP, AP50, AP75, APs, APm, APl as fractions (None where the split has no GT of that
     size: COCOeval's -1), and per_class: {category name: AP}."""
     names = {c["id"]: c["name"] for c in split.categories}
-    if not results:  # pycocotools' loadRes cannot take an empty list
-        return {**{k: 0.0 for k in METRIC_KEYS}, "per_class": {n: 0.0 for n in names.values()}}
     with contextlib.redirect_stdout(io.StringIO()):  # the scorer prints its table on stdout
         gt = COCO()
         gt.dataset = _ground_truth(split)
         gt.createIndex()
-        dt = gt.loadRes(results)
+        dt = gt.loadRes(results)  # an empty list too: scored 0 where the split has GT, None where not
         ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
         ev.accumulate()

@@ -1,6 +1,5 @@
 """The one training loop. Modes differ only in where the assignment comes from
 (`distill.sources`); the loop calls the source's contract and nothing else."""
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,11 @@ from ..progress import progress_bar
 from ..runtime import console, memory_format, use_bf16
 from . import run_dir
 from .checkpoint import model_checkpoint, save_atomic
-from .config import TrainConfig
+from .config import TrainConfig, resumed_config
 from .step import progress_info, train_step, validate
+
+
+RESUMABLE = ("nets", "optimizer", "state", "metrics_lines")  # what last.pt holds besides the model
 
 
 def load_data(cfg: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
@@ -77,11 +79,12 @@ class Run:
             save_atomic({**model_checkpoint(self.nets[peer], split, cfg), "state": self.state}, self.out / f"{peer}_{name}")
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, given: set[str] | None = None) -> dict:
     """Train (and validate each epoch); returns the final summary. The config's source
     options (teacher, cache, colearn) pick where assignments come from. Under torchrun,
-    each process trains on its share of every batch (DDP) and rank 0 writes the run."""
-    run = start(cfg, resume, overwrite)
+    each process trains on its share of every batch (DDP) and rank 0 writes the run.
+    `given`: the options given on the command line, checked against the run on --resume."""
+    run = start(cfg, resume, overwrite, given)
     cfg, state = run.cfg, run.state
     total = cfg.epochs * len(run.sampler.local_plan(0))
     with progress_bar(disable=not run.ctx.is_main) as bar:
@@ -95,15 +98,20 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             "best_AP": state["best_ap"] if run.val_split is not None else None}
 
 
-def start(cfg: TrainConfig, resume: bool, overwrite: bool) -> Run:
+def start(cfg: TrainConfig, resume: bool, overwrite: bool, given: set[str] | None = None) -> Run:
     """The run folder, data, networks, source, optimizer and loader; on --resume, restored
-    from last.pt (its config wins, but for the device and the worker count)."""
+    from last.pt with the run's config.json (`config.resumed_config`: `given`, the options on
+    the command line, may change only how the run is carried out, not what it computes)."""
     ctx = dist.setup(cfg.device)
     out = dist.on_main(ctx, lambda: run_dir.prepare(Path(cfg.out), resume, overwrite))
-    ckpt = None
+    ckpt, run_config = None, None
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
-        cfg = TrainConfig.from_dict({**ckpt["train_config"], "device": cfg.device, "workers": cfg.workers})
+        if not isinstance(ckpt.get("train_config"), dict) or not all(k in ckpt for k in RESUMABLE):
+            raise LadError(f"{out / 'last.pt'}: not a checkpoint a run can resume from (no training state)")
+        run_config = run_dir.read_config(out)
+        run = ckpt["train_config"] if run_config is None else run_config
+        cfg = resumed_config(run, ckpt["train_config"], cfg, given, out)
         if ckpt["state"].get("world", 1) != ctx.world:
             raise LadError(f"{out}: the run used {ckpt['state'].get('world', 1)} processes; resume it with as many "
                            f"(this is {ctx.world}), so that the batches and the sampler position match")
@@ -118,8 +126,8 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool) -> Run:
     dataset = source.wrap_dataset(DetectionDataset(train_split, parse_views(cfg.views, cfg.size, cfg.max_size), divisor))
     sampler = ViewBatchSampler(dataset.shapes(), cfg.batch, cfg.seed, subset=source.subset(), rank=ctx.rank, world=ctx.world)
     loader = make_loader(dataset, sampler, divisor, cfg.workers, ctx.device, persistent=True)
-    if not resume and ctx.is_main:  # written once the sources and views were accepted
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if run_config is None and ctx.is_main:  # written once the sources and views were accepted (or restored)
+        run_dir.write_config(out, ckpt["train_config"] if ckpt else cfg.to_dict())
     state = {"epoch": 0, "iteration": 0, "batch_in_epoch": 0, "best_ap": -1.0, "val": None, "world": ctx.world}
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -1,10 +1,10 @@
 """The run folder: config.json, metrics.jsonl, last.pt, best.pt (and the peer's in co-learning)."""
 import json
-import os
 import shutil
 from pathlib import Path
 
 from ..errors import LadError
+from ..files import replace_durably
 from .checkpoint import TEMP_GLOB
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "peer_last.pt", "peer_best.pt")
@@ -47,6 +47,32 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
+def read_config(out: Path) -> dict | None:
+    """The run's config.json (None when there is none: the copy in last.pt is then the run's)."""
+    path = Path(out) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        config = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:  # ValueError: malformed json or bytes
+        raise LadError(f"{path}: unreadable ({type(exc).__name__}); restore it, or delete it to resume with "
+                       "the copy in last.pt") from None
+    if not isinstance(config, dict):
+        raise LadError(f"{path}: not a run configuration")
+    return config
+
+
+def write_config(out: Path, config: dict) -> None:
+    """config.json, written to a temp file and renamed, so that it is whole or absent."""
+    path = Path(out) / "config.json"
+    staged = path.with_name(f".{path.name}.tmp")
+    try:
+        staged.write_text(json.dumps(config, indent=2) + "\n")
+        replace_durably(staged, path)
+    except OSError as exc:
+        raise LadError(f"{path}: cannot write ({exc.strerror})") from None
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per logged step and per epoch, flushed as written."""
 
@@ -59,7 +85,7 @@ class MetricsLog:
                 kept = self.path.read_text().splitlines()[:keep_lines]
                 staged = self.path.with_name(f".{self.path.name}.resume.tmp")  # a kill here keeps the old log
                 staged.write_text("".join(line + "\n" for line in kept))
-                os.replace(staged, self.path)
+                replace_durably(staged, self.path)
                 self.lines = len(kept)
             self.file = open(self.path, "a")
         except OSError as exc:

@@ -5,10 +5,11 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from ..choices import ARCHS
 from ..errors import LadError
+from ..files import read_torch_file
 
 RESNET_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
-ARCHS = tuple(RESNET_CHANNELS)
 
 
 class ResNetC3C5(nn.Module):
@@ -64,13 +65,9 @@ def load_backbone_weights(backbone: ResNetC3C5, arch: str, weights: str) -> None
                 f"put {Path(enum.url).name} at {cache} or pass --weights PATH"
             ) from None
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise LadError(f"{path}: weights file not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise LadError(f"{path}: not a torch state-dict file ({type(exc).__name__})") from None
+        state = read_torch_file(Path(weights), "weights file", "torch state-dict file")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LadError(f"{weights}: not a torch state-dict file (a dict of tensors)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         missing, unexpected = backbone.load_state_dict({_backbone_key(k): v for k, v in state.items()}, strict=False)

@@ -17,13 +17,13 @@ from ...runtime import use_bf16
 from ..config import AssignConfig
 from ..stats import AssignStats
 from ..teacher import Teacher
-from .store import PAD, AssignmentCache, Provenance, anchor_counts, file_sha256
+from .store import PAD, AssignmentCache, Provenance, anchor_counts, assigner_record, file_sha256
 
 
 def provenance_for(teacher: Teacher, split, views, params: PAAParams) -> Provenance:
     return Provenance(teacher_sha256=file_sha256(teacher.path), annotations_sha256=split.sha256,
                       views=[v.to_dict() for v in views], anchor_layout=teacher.model.config.layout.to_dict(),
-                      assigner={**params.to_dict(), "teacher_precision": "bf16" if teacher.bf16 else "float32"},
+                      assigner={**assigner_record(params), "teacher_precision": "bf16" if teacher.bf16 else "float32"},
                       categories=split.categories)
 
 

@@ -19,7 +19,6 @@ a LadError naming it (image id and view), never a label. A reader treats an unre
 `entries` row as an error; a writer (`lad assign --resume`) recomputes that shard.
 """
 import hashlib
-import os
 import shutil
 import zlib
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from ...errors import LadError
+from ...files import replace_durably
 
 FORMAT = "lad-cache"
 FORMAT_VERSION = 1
@@ -52,6 +52,14 @@ def entry_crc(matched: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(matched, dtype="<i2").tobytes())
 
 
+# What a student on a cache can check against values it knows itself, the most specific
+# first (renamed categories also change the annotation file's hash; the error names the
+# categories). teacher_sha256 and the assigner's teacher_precision are recorded but cannot
+# be checked there: a cached student loads no teacher.
+STUDENT_CHECKED = ("categories", "views", "anchor_layout", "assigner", "annotations_sha256")
+TEACHER_RUN_ONLY = ("teacher_precision",)
+
+
 @dataclass
 class Provenance:
     """What produced a cache; compared field by field against what a reader expects."""
@@ -69,6 +77,23 @@ class Provenance:
             if _plain(getattr(self, name)) != _plain(getattr(other, name)):
                 return name
         return None
+
+    def differs_from(self, known: dict) -> str | None:
+        """The first of STUDENT_CHECKED whose recorded value differs from `known[name]` (what a
+        cached student knows itself); `assigner` without the keys only the teacher's run knew."""
+        for name in STUDENT_CHECKED:
+            recorded = getattr(self, name)
+            if name == "assigner":
+                recorded = {k: v for k, v in recorded.items() if k not in TEACHER_RUN_ONLY}
+            if _plain(recorded) != _plain(known[name]):
+                return name
+        return None
+
+
+def assigner_record(params) -> dict:
+    """What a cache records of the assigner that made it, besides the teacher's precision
+    (`lad assign` adds it): compared with the student's own assigner settings."""
+    return params.to_dict()
 
 
 def _plain(value):
@@ -129,7 +154,7 @@ class AssignmentCache:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-            os.replace(staging, path)
+            replace_durably(staging, path)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise LadError(f"{path}: cannot create the cache ({exc.strerror})") from None

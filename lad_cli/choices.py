@@ -1,0 +1,52 @@
+"""The fixed value sets of options and the grammar of device and view names.
+
+Plain data, no torch: the CLI declares its options as choices from these before it imports
+anything heavy (`lad --help` and a mistyped value answer at once), and the code that uses
+each set imports it from here (`model.backbone.ARCHS`, `losses.BOX_WEIGHTINGS`, ...), so
+adding a value is one line here plus its implementation.
+"""
+import difflib
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")  # model/backbone.py builds each
+AMP_MODES = ("auto", "bf16", "off")  # runtime.use_bf16
+BOX_WEIGHTINGS = ("iou", "mean")  # losses.detection_loss
+SWITCH_RULES = ("gt-level", "iteration")  # assign/colearn.colearn_assign
+ASSIGN_FROM = ("teacher", "student")  # distill/sources.build_source
+DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N")
+VIEW_KINDS = ("orig", "flip")  # data/views.parse_views; "KIND@S" sets the shorter side S
+
+
+def closest(typed: str, names) -> str:
+    """"; did you mean 'x'?" for the valid name closest to a mistyped one, or ""."""
+    match = difflib.get_close_matches(typed, list(names), n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def device_error(name: str) -> str | None:
+    """Why `name` is not a device form (None when it is one)."""
+    kind, colon, index = name.partition(":")
+    if name in ("auto", "cpu", "cuda") or (kind == "cuda" and colon and index.isascii() and index.isdigit()):
+        return None
+    return f"unknown device {name!r}: use {', '.join(DEVICE_FORMS)}"
+
+
+def view_name_error(name: str) -> str | None:
+    """Why `name` is not a view name (None when it is one): orig, flip, orig@S or flip@S."""
+    kind, at, size = name.partition("@")
+    if kind in VIEW_KINDS and (not at or (size.isascii() and size.isdigit() and int(size) > 0)):
+        return None
+    return (f"unknown view {name!r}: use {', '.join(VIEW_KINDS)}, " + " or ".join(f"{k}@SIZE" for k in VIEW_KINDS)
+            + ("" if kind in VIEW_KINDS else closest(kind, VIEW_KINDS)))
+
+
+def view_names(spec: str) -> list[str]:
+    """The names of a comma-separated view list, checked: ValueError with the first problem."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for name in names:
+        if error := view_name_error(name):
+            raise ValueError(error)
+    if not names:
+        raise ValueError("--views names no view")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--views {spec!r} names a view twice")
+    return names
