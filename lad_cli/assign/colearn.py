@@ -8,7 +8,7 @@ from .paa import PAAParams, assign_from_costs, candidate_costs, candidates
 SWITCH_RULES = ("gt-level", "iteration")
 
 
-def _spread(cost: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def spread(cost: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """count, mean and std/mean of the costs under `mask`, reduced over the last dim."""
     count = mask.sum(-1)
     mean = torch.where(mask, cost, 0.0).sum(-1) / count.clamp(min=1)
@@ -16,7 +16,7 @@ def _spread(cost: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return count, mean, var.sqrt() / mean.clamp(min=1e-12)
 
 
-def _rho(values: Tensor) -> Tensor:
+def flat_spread(values: Tensor) -> Tensor:
     """std/mean of a flat set of costs (0 when empty)."""
     if values.numel() == 0:
         return values.new_zeros(())
@@ -38,7 +38,7 @@ def colearn_assign(anchors: Tensor, num_per_level: list[int], first: Predictions
         cost_b = candidate_costs(anchors, second.cls_logits, second.box_deltas, cand, targets, params)
         if rule == "iteration":
             valid = cand >= 0
-            first_wins = _rho(cost_a[valid]) >= _rho(cost_b[valid])
+            first_wins = flat_spread(cost_a[valid]) >= flat_spread(cost_b[valid])
             return assign_from_costs(torch.where(first_wins, cost_a, cost_b), cand, num_per_level, targets, params,
                                      anchors), first_wins.float()
         cost = torch.empty_like(cost_a)
@@ -49,8 +49,8 @@ def colearn_assign(anchors: Tensor, num_per_level: list[int], first: Predictions
         for count in num_per_level:
             sl = slice(start, start + count)
             mask = cand[:, None, sl] == gt_index  # (N, M, A_l)
-            n_a, mean_a, rho_a = _spread(cost_a[:, None, sl], mask)
-            _, mean_b, rho_b = _spread(cost_b[:, None, sl], mask)
+            n_a, mean_a, rho_a = spread(cost_a[:, None, sl], mask)
+            _, mean_b, rho_b = spread(cost_b[:, None, sl], mask)
             first_wins = torch.where(n_a == 1, mean_a <= mean_b, rho_a >= rho_b)  # (N, M)
             pick = torch.gather(first_wins, 1, cand[:, sl].clamp(min=0))
             cost[:, sl] = torch.where(pick, cost_a[:, sl], cost_b[:, sl])
