@@ -39,7 +39,7 @@ RUNS = {
     "paa-baseline": {},
     "tal-baseline": {"assigner": "tal"},
     "tal-lad": {"assigner": "tal", "cache": "TAL"},
-    "tal-lad-teacher-target": {"assigner": "tal", "teacher": "TAL", "soft_target": "teacher"},
+    "tal-lad-teacher-target": {"assigner": "tal", "teacher": "TAL", "alignment_from": "teacher"},
     "tal-lad-warmup": {"assigner": "tal", "cache": "TAL", "atss_epochs": WARMUP_EPOCHS},
     "tal-lad-from-paa": {"assigner": "tal", "cache": "PAA", "cross_assigner": True},
     "paa-lad-from-tal": {"assigner": "paa", "cache": "TAL", "cross_assigner": True},

@@ -75,7 +75,7 @@ def test_assign_with_another_assigner_than_the_teachers(tal_teacher, synth_data,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--soft-target", "teacher"], "--soft-target teacher needs --teacher"),
+    (["--alignment-from", "teacher"], "--alignment-from teacher needs --teacher"),
     (["--assigner", "atss"], "unknown assigner 'atss'"),
 ])
 def test_bad_tal_options(args, message, tal_cache, synth_data, tmp_path):
@@ -91,7 +91,7 @@ def test_cross_assigner_needs_a_teacher_or_cache(synth_data, tmp_path):
 def test_online_student_with_the_teachers_alignment(tal_teacher, synth_data, tmp_path):
     common = ["student-train", "--teacher", tal_teacher, "--data", synth_data, "--epochs", "1", "--val-split", "", *TINY]
     own = invoke(*common, "--out", tmp_path / "own")
-    theirs = invoke(*common, "--soft-target", "teacher", "--out", tmp_path / "theirs")
+    theirs = invoke(*common, "--alignment-from", "teacher", "--out", tmp_path / "theirs")
     assert own.exit_code == 0 and theirs.exit_code == 0, theirs.output
     first = [json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[0]) for r in ("own", "theirs")]
     assert first[0]["loss_cls"] != first[1]["loss_cls"]  # same positives, other class targets

@@ -90,7 +90,7 @@ def student_train(
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Train on the finished entries of an incomplete cache.")] = False,
     assigner: Annotated[Optional[str], typer.Option(help="paa or tal: the student's head loss, and its assignment where it makes its own [default: the cache's or teacher's, else paa].")] = None,
     cross_assigner: Annotated[bool, typer.Option("--cross-assigner", help="Accept a cache or teacher of another assigner than --assigner (cross-assigner LAD).")] = False,
-    soft_target: Annotated[str, typer.Option(help="TAL student of a teacher: class target from the student's own alignment on the teacher's positives (student) or the teacher's (teacher; online only).")] = T.soft_target,
+    alignment_from: Annotated[str, typer.Option(help="TAL student of a teacher: class target from the student's own alignment on the teacher's positives (student) or the teacher's (teacher; online only).")] = T.alignment_from,
     atss_epochs: AtssEpochs = None,
     epochs: Epochs = T.epochs, batch: BatchSize = T.batch, lr: Lr = T.lr, device: Device = T.device, amp: Amp = T.amp,
     seed: Seed = T.seed, resume: Resume = False, overwrite: Overwrite = False, workers: Workers = T.workers,
@@ -118,5 +118,5 @@ def student_train(
         teacher=path_str(teacher), cache=path_str(cache), allow_partial=allow_partial, colearn=colearn,
         peer_arch=peer_arch, peer_init=path_str(peer_init), switch=switch, soft_label_weight=soft_label_weight,
         soft_label_gamma=soft_label_gamma, assign_from=assign_from, cross_assigner=cross_assigner,
-        soft_target=soft_target, atss_epochs=atss_epochs, **inputs)
+        alignment_from=alignment_from, atss_epochs=atss_epochs, **inputs)
     emit_json(train(cfg, resume=resume, overwrite=overwrite))

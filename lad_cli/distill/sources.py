@@ -256,11 +256,11 @@ def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.devi
         raise LadError(f"--assign-from is teacher or student, not {cfg.assign_from!r}")
     if cfg.assign_from == "student" and not (cfg.teacher and cfg.soft_label_weight is not None):
         raise LadError("--assign-from student needs --teacher and --soft-label-weight (the teacher then gives soft labels only)")
-    if cfg.soft_target not in ("student", "teacher"):
-        raise LadError(f"--soft-target is student or teacher, not {cfg.soft_target!r}")
-    if cfg.soft_target == "teacher" and not cfg.teacher:
+    if cfg.alignment_from not in ("student", "teacher"):
+        raise LadError(f"--alignment-from is student or teacher, not {cfg.alignment_from!r}")
+    if cfg.alignment_from == "teacher" and not cfg.teacher:
         why = "the cache holds assignments, not the teacher's alignment" if cfg.cache else "it is the teacher's alignment"
-        raise LadError(f"--soft-target teacher needs --teacher ({why})")
+        raise LadError(f"--alignment-from teacher needs --teacher ({why})")
     if cfg.cross_assigner and not (cfg.cache or cfg.teacher):
         raise LadError("--cross-assigner needs --cache or --teacher (the assignments of another assigner)")
     assigner = student_assigner(cfg.assigner)
@@ -280,7 +280,7 @@ def _source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, b
             check_assigner(teacher.path, "teacher", teacher.assigner, assigner, cfg.cross_assigner)
         soft = None if cfg.soft_label_weight is None else SoftLabelWeights(cls=cfg.soft_label_weight, gamma=cfg.soft_label_gamma)
         return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student", assigner=assigner,
-                                 teacher_target=cfg.soft_target == "teacher")
+                                 teacher_target=cfg.alignment_from == "teacher")
     if cfg.colearn:
         return CoLearning(_peer(cfg, student), cfg.switch, assigner)
     return OwnAssignment(assigner)

@@ -50,7 +50,7 @@ class TrainConfig:
     assigner: str = "paa"  # paa or tal: the head loss, and the assignment where the network makes its own
     atss_epochs: int | None = None  # ATSS warm-up epochs; None: a third of the run for own/co-learned TAL, else 0
     cross_assigner: bool = False  # accept a cache or teacher of another assigner than --assigner
-    soft_target: str = "student"  # TAL with a teacher: whose alignment on the teacher's positives is the class target
+    alignment_from: str = "student"  # TAL with a teacher: whose alignment on the teacher's positives is the class target
 
     def to_dict(self) -> dict:
         return asdict(self)
