@@ -1,4 +1,5 @@
-"""Batched `paa_assign` vs the reference per-GT loop with sklearn, on the same predictions.
+"""Batched `paa_assign` vs the reference per-GT loop with sklearn, and batched `tal_assign`
+vs its per-GT loop (tests/reference_tal.py), on the same predictions.
 
     python -m benchmarks.assign_speed [--images 16] [--gts 30] [--device cpu]
 
@@ -7,7 +8,7 @@ COCO's (1333x800: 26,257 anchors). Prints one JSON object with, per size, both t
 (median of 3 runs each), the speed-up and how many images got identical positives; and the
 peak memory of one assignment at COCO size with 100 GTs per image (measured in a fresh
 process: the growth of its peak resident size), next to what one dense (N, M, A) float32
-IoU matrix would take.
+IoU matrix would take; the TAL rows under "tal".
 """
 import argparse
 import json
@@ -21,10 +22,12 @@ from pathlib import Path
 import torch
 
 from lad_cli.assign.paa import paa_assign
+from lad_cli.assign.tal import tal_assign
 from lad_cli.data.views import padded_hw
 from lad_cli.model.anchors import AnchorLayout
 from lad_cli.structures import Targets
 from tests.reference_paa import reference_assign
+from tests.reference_tal import reference_tal
 
 
 def make_inputs(images: int, gts: int, hw: tuple[int, int], classes: int, seed: int):
@@ -102,6 +105,27 @@ def compare(images: int, gts: int, classes: int, seed: int, device: str, hw: tup
     }
 
 
+def compare_tal(args, hw: tuple[int, int]) -> dict:
+    """tal_assign on the whole batch vs the per-GT loop image by image (both on the same
+    inputs: box deltas small enough that the predictions overlap their GTs)."""
+    anchors, counts, cls, deltas, targets = make_inputs(args.images, args.gts, hw, args.classes, args.seed)
+    device = torch.device(args.device)
+    dev_anchors, dev_cls, dev_deltas, dev_targets = anchors.to(device), cls.to(device), deltas.to(device), targets.to(device)
+    tal_assign(dev_anchors, counts, dev_cls[:1], dev_deltas[:1], dev_targets.select(slice(0, 1)))  # warm-up
+    batched_s, batched = median_seconds(lambda: tal_assign(dev_anchors, counts, dev_cls, dev_deltas, dev_targets), device)
+    reference_s, reference = median_seconds(lambda: [reference_tal(anchors, cls[i], deltas[i], targets.boxes[i],
+                                                                   targets.labels[i]) for i in range(args.images)], device)
+    batched = batched.cpu()
+    return {"input": f"{hw[1]}x{hw[0]}", "anchors": len(anchors), "batched_s": round(batched_s, 4),
+            "reference_s": round(reference_s, 4), "speedup": round(reference_s / batched_s, 1),
+            "identical_images": sum(torch.equal(batched[i], reference[i]) for i in range(args.images)),
+            "positives": int((batched >= 0).sum())}
+
+
+def tal_rows(args) -> dict:
+    return {"demo_size": compare_tal(args, (160, 213)), "coco_size": compare_tal(args, (800, 1333))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=16)
@@ -121,7 +145,7 @@ def main() -> None:
                       "cpu_threads": torch.get_num_threads(),
                       "demo_size": compare(args.images, args.gts, args.classes, args.seed, args.device, (160, 213)),
                       "coco_size": compare(args.images, args.gts, args.classes, args.seed, args.device, (800, 1333)),
-                      "coco_size_100_gts_memory": json.loads(memory)}))
+                      "coco_size_100_gts_memory": json.loads(memory), "tal": tal_rows(args)}))
 
 
 if __name__ == "__main__":

@@ -172,9 +172,9 @@ class Experiment:
         return self.out / f"teacher-{short.lower()}.zarr"
 
 
-def aggregate(teachers: dict, per_seed: dict[int, dict]) -> dict:
+def aggregate(teachers: dict, per_seed: dict[int, dict], specs: list[Row] = ROWS) -> dict:
     rows = {f"{short} teacher": {"seeds": [0], "AP": [m["AP"]], "AP50": [m["AP50"]]} for short, m in teachers.items()}
-    for row in ROWS:
+    for row in specs:
         seeds = sorted(per_seed)
         rows[row.label] = {"seeds": seeds, **{k: [per_seed[s][row.run][row.checkpoint][k] for s in seeds] for k in ("AP", "AP50")}}
     for values in rows.values():
@@ -184,14 +184,14 @@ def aggregate(teachers: dict, per_seed: dict[int, dict]) -> dict:
     return rows
 
 
-def render_table(rows: dict, header: str) -> str:
+def render_table(rows: dict, header: str, specs: list[Row] = ROWS) -> str:
     def cell(r: dict, k: str) -> str:
         return f"{r[f'{k}_mean']:.3f}" + (f" ± {r[f'{k}_std']:.3f}" if len(r[k]) > 1 else "")
 
     lines = [header, "", "| model | AP | AP50 | ΔAP vs baseline | finding tested |", "|---|---|---|---|---|"]
-    specs = {row.label: row for row in ROWS}
+    by_label = {row.label: row for row in specs}
     for label, r in rows.items():
-        row = specs.get(label)
+        row = by_label.get(label)
         delta, finding = "", "teacher (one run)"
         if row is not None:
             finding = row.finding
@@ -246,15 +246,17 @@ def run_findings(out: Path, quick: bool, resume: bool, overwrite: bool) -> str:
     return table
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("findings"), help="Results folder (refused if not empty, see below).")
+def main(run=None, description: str = __doc__, default_out: str = "findings") -> None:
+    """The command line of this script and of its siblings (`run`: their run_findings)."""
+    run = run or run_findings
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(default_out), help="Results folder (refused if not empty, see below).")
     p.add_argument("--quick", action="store_true", help="Small version (about 5 min): 40/30 images, 2 seeds, short runs.")
     p.add_argument("--resume", action="store_true", help="Reuse the runs already scored in --out; continue interrupted ones.")
     p.add_argument("--overwrite", action="store_true", help="Redo every run in --out.")
     args = p.parse_args()
     try:
-        print(run_findings(args.out, args.quick, args.resume, args.overwrite))
+        print(run(args.out, args.quick, args.resume, args.overwrite))
     except LadError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)

@@ -12,6 +12,8 @@ AMP_MODES = ("auto", "bf16", "off")  # runtime.use_bf16
 BOX_WEIGHTINGS = ("iou", "mean")  # losses.detection_loss
 SWITCH_RULES = ("gt-level", "iteration")  # assign/colearn.colearn_assign
 ASSIGN_FROM = ("teacher", "student")  # distill/sources.build_source
+ASSIGNERS = ("paa", "tal")  # assign/registry.ASSIGNERS
+ALIGNMENT_FROM = ("student", "teacher")  # distill/sources.build_source (TAL students)
 DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N")
 VIEW_KINDS = ("orig", "flip")  # data/views.parse_views; "KIND@S" sets the shorter side S
 

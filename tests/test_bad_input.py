@@ -22,7 +22,7 @@ def files(synth_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
     split = load_split(*locate_split(synth_data, "train"))
     ckpt = model_checkpoint(new_detector("resnet18", len(split.categories), 16, 1, None), split,
-                            SimpleNamespace(size=64, max_size=96))
+                            SimpleNamespace(size=64, max_size=96, assigner="paa"))
     torch.save(ckpt, folder / "r18.pt")
     torch.save({**ckpt, "detector": {**ckpt["detector"], "arch": "resnet34"}}, folder / "labelled_r34.pt")
     data = (folder / "r18.pt").read_bytes()

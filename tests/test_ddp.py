@@ -126,6 +126,17 @@ def test_assign_and_cached_student_two_processes_equal_one(synth_data, teacher, 
     assert_same_records(records(tmp_path / "s1"), records(tmp_path / "s2"))
 
 
+def test_sharded_tal_assign_gives_the_same_digest(synth_data, tmp_path):
+    invoke("teacher-train", "--assigner", "tal", "--data", synth_data, "--out", tmp_path / "t", "--epochs", "1",
+           "--atss-epochs", "0", "--val-split", "", *EXACT)
+    assign = ["assign", "--teacher", tmp_path / "t" / "last.pt", "--data", synth_data, "--device", "cpu", "--amp", "off",
+              "--shard-entries", "4", "--batch", "3"]
+    invoke(*assign, "--cache", tmp_path / "one.zarr")
+    torchrun(*assign, "--cache", tmp_path / "two.zarr")
+    meta = [json.loads(invoke("cache", "info", tmp_path / f"{n}.zarr", "--json").stdout) for n in ("one", "two")]
+    assert meta[0]["assigner"]["name"] == "tal" and meta[0]["digest"] == meta[1]["digest"]
+
+
 def test_sampler_shares_cover_each_batch_once():
     shapes = [[(128, 128)] if i < 10 else [(256, 128)] for i in range(15)]  # batches of 4: 4, 4, 2 and 4, 1
     one = ViewBatchSampler(shapes, 4, seed=5)

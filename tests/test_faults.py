@@ -17,8 +17,9 @@ import pytest
 import torch
 import zarr
 
+from lad_cli.assign import registry
 from lad_cli.distill.cache.store import AssignmentCache
-from lad_cli.engine import loop, step
+from lad_cli.engine import loop
 from lad_cli.model.build import load_checkpoint
 from tests.conftest import TINY, invoke
 
@@ -346,7 +347,7 @@ def test_read_only_output_folder(teacher, synth_data, tmp_path):
     ({2}, 1, None),
 ])
 def test_non_finite_loss_stops_or_skips(synth_data, tmp_path, monkeypatch, nan_at, skip, expected):
-    real_loss, real_save = step.detection_loss, loop.save_atomic
+    real_loss, real_save = registry.detection_loss, loop.save_atomic
     calls, saved = [], {}
 
     def loss_going_nan(*args, **kwargs):
@@ -360,7 +361,7 @@ def test_non_finite_loss_stops_or_skips(synth_data, tmp_path, monkeypatch, nan_a
         saved[obj["state"]["iteration"]] = {k: v.clone() for k, v in obj["model"].items()}
         real_save(obj, path)
 
-    monkeypatch.setattr(step, "detection_loss", loss_going_nan)
+    monkeypatch.setattr(registry, "detection_loss", loss_going_nan)  # PAA's head loss, as the step calls it
     monkeypatch.setattr(loop, "save_atomic", recording_save)
     run = tmp_path / "run"
     result = invoke("teacher-train", "--data", synth_data, "--out", run, "--epochs", "1", "--val-split", "",

@@ -78,3 +78,18 @@ def test_box_weighting_iou_vs_mean():
     by_mean = detection_loss(*args, weights=LossWeights(box_weighting="mean"))["loss_box"]
     torch.testing.assert_close(by_iou, 1.3 * (giou * ious).sum() / ious.sum())
     torch.testing.assert_close(by_mean, 1.3 * giou.mean())
+
+
+def test_giou_loss_is_torchvisions_bit_for_bit_with_its_gradients():
+    from torchvision.ops import generalized_box_iou_loss
+
+    from lad_cli.losses import giou_loss
+
+    a, b = random_boxes(400, 1), random_boxes(400, 2)
+    b[:50] = a[:50]  # identical boxes
+    b[50:100, [0, 2]] += 500  # disjoint boxes
+    a.requires_grad_(True)
+    ours, theirs = giou_loss(a, b), generalized_box_iou_loss(a, b, reduction="none")
+    assert torch.equal(ours, theirs)
+    (g_ours,), (g_theirs,) = torch.autograd.grad(ours.sum(), a), torch.autograd.grad(theirs.sum(), a)
+    assert torch.equal(g_ours, g_theirs)

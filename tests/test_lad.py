@@ -42,6 +42,10 @@ def test_cache_info_and_verify(cache, synth_data):
 
 
 def test_cache_holds_exactly_the_online_assignment(cache, teacher, synth_data):
+    assert_cache_is_online(cache, teacher, synth_data)
+
+
+def assert_cache_is_online(cache, teacher, synth_data):
     """Every (image, view) entry equals what the online teacher computes for that view,
     with the images batched differently (the training sampler's batches)."""
     store = AssignmentCache.open(cache)
@@ -89,8 +93,12 @@ def test_resume_after_interruption_gives_the_same_digest(cache, teacher, synth_d
 
 
 def test_student_from_cache_equals_online_student(cache, teacher, synth_data, tmp_path):
+    assert_cached_student_is_online(cache, teacher, synth_data, tmp_path)
+
+
+def assert_cached_student_is_online(cache, teacher, synth_data, tmp_path, *options):
     """Same seed, same batches: per-iteration losses of cached and online LAD agree."""
-    common = ["--data", synth_data, "--epochs", "7", "--val-split", "", *TINY]
+    common = ["--data", synth_data, "--epochs", "7", "--val-split", "", *TINY, *options]
     cached = invoke("student-train", "--cache", cache, "--out", tmp_path / "cached", *common)
     assert cached.exit_code == 0, cached.output
     online = invoke("student-train", "--teacher", teacher, "--out", tmp_path / "online", *common)

@@ -17,7 +17,7 @@ def _group_spread(cost: Tensor, group: Tensor, groups: int) -> tuple[Tensor, Ten
     return count, mean, var.sqrt() / mean.clamp(min=1e-12)
 
 
-def _rho(values: Tensor) -> Tensor:
+def flat_spread(values: Tensor) -> Tensor:
     """std/mean of a flat set of costs (0 when empty)."""
     if values.numel() == 0:
         return values.new_zeros(())
@@ -40,7 +40,7 @@ def colearn_assign(anchors: Tensor, num_per_level: list[int], first: Predictions
         cost_a = candidate_costs(anchors, first.cls_logits, first.box_deltas, cands, targets, params)
         cost_b = candidate_costs(anchors, second.cls_logits, second.box_deltas, cands, targets, params)
         if rule == "iteration":
-            first_wins = _rho(cost_a) >= _rho(cost_b)
+            first_wins = flat_spread(cost_a) >= flat_spread(cost_b)
             return assign_from_costs(torch.where(first_wins, cost_a, cost_b), cands, num_per_level, targets, params,
                                      anchors), first_wins.float()
         n, m = targets.labels.shape

@@ -9,9 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import generalized_box_iou_loss
 
-from ..losses import FOCAL_ALPHA, FOCAL_GAMMA, GIOU_WEIGHT
+from ..losses import FOCAL_ALPHA, FOCAL_GAMMA, GIOU_WEIGHT, giou_loss
 from ..model import coder
 from ..model.anchors import anchor_levels
 from ..model.boxes import pairwise_iof
@@ -101,7 +100,7 @@ def candidate_costs(anchors: Tensor, cls_logits: Tensor, box_deltas: Tensor, can
                 for i, lab in zip(at.split(rows), labels.split(rows))]
     boxes = coder.decode(anchors.index_select(0, cands.anchor), box_deltas.reshape(-1, 4).index_select(0, at).float())
     gt_boxes = targets.boxes.reshape(-1, 4).index_select(0, of).float()
-    box_cost = generalized_box_iou_loss(boxes, gt_boxes, reduction="none")
+    box_cost = giou_loss(boxes, gt_boxes)
     return (torch.cat(cls_cost) if cls_cost else box_cost.new_zeros(0)) + params.box_cost_weight * box_cost
 
 

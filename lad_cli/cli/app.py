@@ -13,7 +13,17 @@ import typer
 from typer._click.exceptions import UsageError  # typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
-from ..choices import AMP_MODES, ARCHS, BOX_WEIGHTINGS, DEVICE_FORMS, closest, device_error, view_name_error, view_names
+from ..choices import (
+    AMP_MODES,
+    ARCHS,
+    ASSIGNERS,
+    BOX_WEIGHTINGS,
+    DEVICE_FORMS,
+    closest,
+    device_error,
+    view_name_error,
+    view_names,
+)
 from ..errors import LadError, one_line
 
 
@@ -52,7 +62,7 @@ class LadGroup(TyperGroup):
 
 
 app = typer.Typer(cls=LadGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Label Assignment Distillation for PAA object detectors.")
+                  help="Label Assignment Distillation for one-stage detectors (PAA and task-aligned assigners).")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: write the embedded synthetic dataset.")
 app.add_typer(data_app, name="data", help="Datasets: write the embedded synthetic dataset.")
 cache_app = typer.Typer(no_args_is_help=True, help="Assignment caches: inspect and verify.")
@@ -167,3 +177,5 @@ SaveEvery = Annotated[int, typer.Option(min=0, help="Also save last.pt every N i
 SkipNonfinite = Annotated[int, typer.Option(min=0, help="Skip up to K batches whose loss is NaN/inf (0: stop at the first).")]
 Clip = Annotated[float, typer.Option(help="Gradient clipping max norm.")]
 BoxWeighting = Annotated[Optional[Literal[BOX_WEIGHTINGS]], typer.Option(help="GIoU loss weighting: iou (PAA) or mean (reference LAD head) [default: iou for own assignments, mean for LAD].")]
+AssignerName = Annotated[Literal[ASSIGNERS], typer.Option("--assigner", help="Label assignment: paa (PAA, the default) or tal (task-aligned, TOOD/YOLOv8).")]
+AtssEpochs = Annotated[Optional[int], typer.Option(min=0, help="Epochs of ATSS warm-up before the assigner takes over [default: a third of the run for TAL on its own predictions, else 0].")]

@@ -39,6 +39,7 @@ def assign(
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted cache, skipping finished shards.")] = False,
     overwrite: Overwrite = False,
     shard_entries: Annotated[int, typer.Option(min=1, help="Entries per shard file (and per resume step).")] = A.shard_entries,
+    assigner: Annotated[Optional[str], typer.Option(help="paa or tal, on the teacher's predictions [default: the one the teacher trained with].")] = None,
 ) -> None:
     """Run a teacher over a split: store its assignments (--cache) or print their statistics."""
     from ..distill.cache.build import run_assign
@@ -46,7 +47,7 @@ def assign(
     emit_json(run_assign(AssignConfig(
         teacher=str(teacher), data=path_str(data), split=split, ann=path_str(ann), images=path_str(images),
         cache=path_str(cache), views=views, batch=batch, device=device, amp=amp, workers=workers, resume=resume,
-        overwrite=overwrite, shard_entries=shard_entries)))
+        overwrite=overwrite, shard_entries=shard_entries, assigner=assigner)))
 
 
 @cache_app.command("info")

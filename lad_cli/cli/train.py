@@ -4,13 +4,15 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from ..choices import ARCHS, ASSIGN_FROM, SWITCH_RULES
+from ..choices import ALIGNMENT_FROM, ARCHS, ASSIGN_FROM, ASSIGNERS, SWITCH_RULES
 from ..engine.config import TrainConfig
 from .app import (
     Amp,
     AnchorScale,
     Ann,
     Arch,
+    AssignerName,
+    AtssEpochs,
     BatchSize,
     BoxWeighting,
     Clip,
@@ -60,9 +62,10 @@ def teacher_train(
     anchor_scale: AnchorScale = T.anchor_scale, weights: Weights = T.weights, warmup: Warmup = T.warmup,
     lr_steps: LrSteps = T.lr_steps, views: Views = T.views, log_every: LogEvery = T.log_every,
     save_every: SaveEvery = T.save_every, clip: Clip = T.clip, box_weighting: BoxWeighting = T.box_weighting,
-    skip_nonfinite: SkipNonfinite = T.skip_nonfinite,
+    skip_nonfinite: SkipNonfinite = T.skip_nonfinite, assigner: AssignerName = T.assigner,
+    atss_epochs: AtssEpochs = None,
 ) -> None:
-    """Train a PAA detector on its own assignments (a teacher, or a baseline)."""
+    """Train a detector on its own assignments (a teacher, or a baseline)."""
     from ..engine.loop import train
 
     cfg = TrainConfig(
@@ -70,7 +73,7 @@ def teacher_train(
         arch=arch, weights=weights, width=width, head_depth=head_depth, anchor_scale=anchor_scale, size=size,
         max_size=max_size, views=views, epochs=epochs, batch=batch, lr=lr, warmup=warmup, lr_steps=lr_steps, clip=clip,
         box_weighting=box_weighting, seed=seed, device=device, amp=amp, workers=workers, log_every=log_every,
-        save_every=save_every, skip_nonfinite=skip_nonfinite)
+        save_every=save_every, skip_nonfinite=skip_nonfinite, assigner=assigner, atss_epochs=atss_epochs)
     emit_json(train(cfg, resume=resume, overwrite=overwrite, given=given_options(ctx)))
 
 
@@ -89,6 +92,10 @@ def student_train(
     soft_label_gamma: Annotated[float, typer.Option(help="Focal exponent of the soft-label KL.")] = T.soft_label_gamma,
     assign_from: Annotated[Literal[ASSIGN_FROM], typer.Option(help="With --teacher: whose PAA assignment the GT losses use: teacher (LAD) or student (its own; with --soft-label-weight, plain soft-label distillation).")] = T.assign_from,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Train on the finished entries of an incomplete cache.")] = False,
+    assigner: Annotated[Optional[Literal[ASSIGNERS]], typer.Option(help="paa or tal: the student's head loss, and its assignment where it makes its own [default: the cache's or teacher's, else paa].")] = None,
+    cross_assigner: Annotated[bool, typer.Option("--cross-assigner", help="Accept a cache or teacher of another assigner than --assigner (cross-assigner LAD).")] = False,
+    alignment_from: Annotated[Literal[ALIGNMENT_FROM], typer.Option(help="TAL student of a teacher: class target from the student's own alignment on the teacher's positives (student) or the teacher's (teacher; online only).")] = T.alignment_from,
+    atss_epochs: AtssEpochs = None,
     epochs: Epochs = T.epochs, batch: BatchSize = T.batch, lr: Lr = T.lr, device: Device = T.device, amp: Amp = T.amp,
     seed: Seed = T.seed, resume: Resume = False, overwrite: Overwrite = False, workers: Workers = T.workers,
     size: Annotated[Optional[int], typer.Option(min=32, help="Shorter side [default: the teacher's or cache's, else 800].")] = None,
@@ -104,7 +111,8 @@ def student_train(
     from ..engine.config import student_inputs
     from ..engine.loop import train
 
-    inputs = student_inputs({"size": size, "max_size": max_size, "views": views, "anchor_scale": anchor_scale},
+    inputs = student_inputs({"size": size, "max_size": max_size, "views": views, "anchor_scale": anchor_scale,
+                             "assigner": assigner},
                             path_str(cache), path_str(teacher), resume)
     cfg = TrainConfig(
         out=str(out), data=path_str(data), ann=path_str(ann), images=path_str(images), split=split, val_split=val_split,
@@ -113,5 +121,6 @@ def student_train(
         workers=workers, log_every=log_every, save_every=save_every, skip_nonfinite=skip_nonfinite,
         teacher=path_str(teacher), cache=path_str(cache), allow_partial=allow_partial, colearn=colearn,
         peer_arch=peer_arch, peer_init=path_str(peer_init), switch=switch, soft_label_weight=soft_label_weight,
-        soft_label_gamma=soft_label_gamma, assign_from=assign_from, **inputs)
+        soft_label_gamma=soft_label_gamma, assign_from=assign_from, cross_assigner=cross_assigner,
+        alignment_from=alignment_from, atss_epochs=atss_epochs, **inputs)
     emit_json(train(cfg, resume=resume, overwrite=overwrite, given=given_options(ctx)))

@@ -21,3 +21,4 @@ class AssignConfig:
     resume: bool = False
     overwrite: bool = False
     shard_entries: int = 4096  # entries per shard file, the unit of resumption
+    assigner: str | None = None  # paa or tal; None: the one the teacher trained with

@@ -6,6 +6,7 @@ batch, every network's predictions, the anchors and the per-level anchor counts;
 other hooks have no-op defaults and are overridden where a source needs them.
 """
 import abc
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..assign.colearn import colearn_assign
-from ..assign.paa import PAAParams, paa_assign
-from ..choices import ASSIGN_FROM
+from ..assign.registry import ASSIGNERS, WARMUP, Assigner, assigner_named
+from ..choices import ALIGNMENT_FROM, ASSIGN_FROM
 from ..data.coco import CocoSplit
 from ..data.dataset import Batch, DetectionDataset
 from ..data.views import View, parse_views
@@ -26,15 +26,17 @@ from ..model.build import load_checkpoint, load_detector, new_detector
 from ..model.detector import PAADetector
 from ..runtime import console
 from ..structures import Predictions
-from .cache.store import AssignmentCache, anchor_counts, assigner_record
+from .cache.store import AssignmentCache, anchor_counts
 from .teacher import Teacher
 
 
 @dataclass
 class SourceOutput:
     matched_idxs: Tensor  # (N, A) int64
+    assigner: Assigner  # whose head loss trains on it
     stats: dict[str, Tensor] = field(default_factory=dict)  # scalars logged with the losses
     teacher: Predictions | None = None  # the teacher's outputs, for soft-label terms
+    soft_target: Tensor | None = None  # (N, A): the classification target of the positives (None: the assigner's own)
 
 
 class AssignmentSource(abc.ABC):
@@ -43,6 +45,8 @@ class AssignmentSource(abc.ABC):
     # GIoU weighting of the GT losses on this source's assignment: "iou" as the PAA baseline,
     # "mean" as the reference LAD head.
     box_weighting: str = "mean"
+    # The student's assigner: the head loss it trains with (and its own assignment, where it makes one).
+    assigner: Assigner = ASSIGNERS["paa"]
 
     @abc.abstractmethod
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
@@ -64,18 +68,50 @@ class AssignmentSource(abc.ABC):
         """Loss terms besides the GT losses (soft labels)."""
         return {}
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the loop before each epoch (0-based)."""
+
 
 class OwnAssignment(AssignmentSource):
-    """PAA on the network's own (detached) predictions: the PAA baseline, `teacher-train`."""
+    """The assigner on the network's own (detached) predictions: the baseline, `teacher-train`."""
 
     box_weighting = "iou"
 
-    def __init__(self, params: PAAParams = PAAParams()):
-        self.params = params
+    def __init__(self, assigner: Assigner = ASSIGNERS["paa"]):
+        self.assigner = assigner
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
-        own = preds["student"]
-        return SourceOutput(paa_assign(anchors, counts, own.cls_logits, own.box_deltas, batch.targets, self.params))
+        return SourceOutput(self.assigner.assign(anchors, counts, preds["student"], batch.targets), self.assigner)
+
+
+class WarmedUp(AssignmentSource):
+    """Any source whose first `epochs` epochs use the static ATSS assignment instead (TOOD's
+    warm-up: a random network's alignment is noise) and PAA's head loss; then the source."""
+
+    def __init__(self, source: AssignmentSource, epochs: int):
+        self.source, self.epochs, self.epoch = source, epochs, 0
+        self.box_weighting, self.assigner = source.box_weighting, source.assigner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.source.set_epoch(epoch)
+
+    def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
+        if self.epoch >= self.epochs:
+            return self.source.assign(batch, preds, anchors, counts)
+        return SourceOutput(WARMUP.assign(anchors, counts, preds["student"], batch.targets), WARMUP)
+
+    def peers(self) -> dict[str, PAADetector]:
+        return self.source.peers()
+
+    def wrap_dataset(self, dataset: DetectionDataset) -> torch.utils.data.Dataset:
+        return self.source.wrap_dataset(dataset)
+
+    def subset(self) -> list[int] | None:
+        return self.source.subset()
+
+    def extra_losses(self, batch: Batch, preds: dict[str, Predictions], out: SourceOutput, anchors: Tensor) -> dict[str, Tensor]:
+        return self.source.extra_losses(batch, preds, out, anchors) if self.epoch >= self.epochs else {}
 
 
 class TeacherAssignment(AssignmentSource):
@@ -83,19 +119,23 @@ class TeacherAssignment(AssignmentSource):
     `own_assignment` the student keeps its own PAA assignment and the teacher only gives the
     soft labels: soft-label distillation, the baseline the paper compares LAD with."""
 
-    def __init__(self, teacher: Teacher, soft: SoftLabelWeights | None, own_assignment: bool = False):
+    def __init__(self, teacher: Teacher, soft: SoftLabelWeights | None, own_assignment: bool = False,
+                 assigner: Assigner = ASSIGNERS["paa"], teacher_target: bool = False):
         self.teacher = teacher
         self.soft = soft
-        self.own = OwnAssignment() if own_assignment else None
+        self.assigner = assigner
+        self.own = OwnAssignment(assigner) if own_assignment else None
         # The GT losses weight boxes as their assignment's method does: the PAA baseline or the LAD head.
         self.box_weighting = OwnAssignment.box_weighting if own_assignment else "mean"
+        self.teacher_target = teacher_target
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         if self.own is not None:
             own = self.own.assign(batch, preds, anchors, counts)
-            return SourceOutput(own.matched_idxs, teacher=self.teacher.predict(batch.images))
+            return SourceOutput(own.matched_idxs, self.assigner, teacher=self.teacher.predict(batch.images))
         matched, teacher_pred = self.teacher.assign(batch)
-        return SourceOutput(matched, teacher=teacher_pred if self.soft else None)
+        soft_target = self.assigner.soft_target(anchors, teacher_pred, matched, batch.targets) if self.teacher_target else None
+        return SourceOutput(matched, self.assigner, teacher=teacher_pred if self.soft else None, soft_target=soft_target)
 
     def extra_losses(self, batch: Batch, preds: dict[str, Predictions], out: SourceOutput, anchors: Tensor) -> dict[str, Tensor]:
         if self.soft is None:
@@ -136,14 +176,18 @@ class CachedAssignment(AssignmentSource):
     with. The teacher's file and precision are recorded but cannot be checked here (no
     teacher is loaded)."""
 
-    def __init__(self, path: Path, split: CocoSplit, layout, views: list[View], params: PAAParams, allow_partial: bool):
+    def __init__(self, path: Path, split: CocoSplit, layout, views: list[View], allow_partial: bool,
+                 assigner: Assigner = ASSIGNERS["paa"], cross_assigner: bool = False):
         self.path = Path(path)
         self.cache = AssignmentCache.open(self.path)
         self.layout = layout
         self.split = split
+        self.assigner = assigner
+        made_by = assigner_named(self.cache.provenance.assigner)
+        check_assigner(self.path, "cache", made_by, assigner, cross_assigner)
         field_name = self.cache.provenance.differs_from({
             "annotations_sha256": split.sha256, "categories": split.categories, "views": [v.to_dict() for v in views],
-            "anchor_layout": layout.to_dict(), "assigner": assigner_record(params)})
+            "anchor_layout": layout.to_dict(), "assigner": (made_by if cross_assigner else assigner).record()})
         if field_name:
             raise LadError(f"{self.path}: cache does not match the training setup: {field_name} differs")
         entries_done = self.cache.done()
@@ -164,22 +208,39 @@ class CachedAssignment(AssignmentSource):
         return CachedDataset(dataset, self.path, anchor_counts(self.cache.padded_hw(), self.layout))
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
-        return SourceOutput(batch.matched_idxs)
+        return SourceOutput(batch.matched_idxs, self.assigner)
 
 
 class CoLearning(AssignmentSource):
-    """Co-learning LAD: both networks predict, the switch picks whose costs assign."""
+    """Co-learning LAD: both networks predict, the switch picks whose predictions assign."""
 
-    def __init__(self, peer: PAADetector, rule: str):
+    def __init__(self, peer: PAADetector, rule: str, assigner: Assigner = ASSIGNERS["paa"]):
         self.peer = peer
         self.rule = rule
+        self.assigner = assigner
 
     def peers(self) -> dict[str, PAADetector]:
         return {"peer": self.peer}
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
-        matched, share = colearn_assign(anchors, counts, preds["student"], preds["peer"], batch.targets, self.rule)
-        return SourceOutput(matched, stats={"student_teaches": share})
+        matched, share = self.assigner.colearn(anchors, counts, preds["student"], preds["peer"], batch.targets, self.rule)
+        return SourceOutput(matched, self.assigner, stats={"student_teaches": share})
+
+
+def check_assigner(path: Path, what: str, made_by: Assigner, student: Assigner, cross: bool) -> None:
+    """A source of another assigner than the student's is refused, naming the field, unless
+    cross-assigner LAD was asked for (--cross-assigner)."""
+    if made_by.name != student.name and not cross:
+        raise LadError(f"{path}: {what} does not match the training setup: assigner differs ({what}: {made_by.name}, "
+                       f"student: {student.name}; pass --cross-assigner to train across assigners)")
+
+
+def student_assigner(name: str) -> Assigner:
+    if name not in ASSIGNERS:
+        close = difflib.get_close_matches(name, ASSIGNERS, n=1)
+        raise LadError(f"unknown assigner {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                       + f" (one of: {', '.join(ASSIGNERS)})")
+    return ASSIGNERS[name]
 
 
 def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, bf16: bool) -> AssignmentSource:
@@ -196,17 +257,35 @@ def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.devi
         raise LadError(f"unknown --assign-from {cfg.assign_from!r}: use {', '.join(ASSIGN_FROM)}")
     if cfg.assign_from == "student" and not (cfg.teacher and cfg.soft_label_weight is not None):
         raise LadError("--assign-from student needs --teacher and --soft-label-weight (the teacher then gives soft labels only)")
+    if cfg.alignment_from not in ALIGNMENT_FROM:
+        raise LadError(f"unknown --alignment-from {cfg.alignment_from!r}: use {', '.join(ALIGNMENT_FROM)}")
+    if cfg.alignment_from == "teacher" and not cfg.teacher:
+        why = "the cache holds assignments, not the teacher's alignment" if cfg.cache else "it is the teacher's alignment"
+        raise LadError(f"--alignment-from teacher needs --teacher ({why})")
+    if cfg.cross_assigner and not (cfg.cache or cfg.teacher):
+        raise LadError("--cross-assigner needs --cache or --teacher (the assignments of another assigner)")
+    assigner = student_assigner(cfg.assigner)
+    source = _source(cfg, student, split, device, bf16, assigner)
+    lad = cfg.cache or cfg.teacher
+    epochs = cfg.atss_epochs if cfg.atss_epochs is not None else (0 if lad or assigner.name != "tal" else round(cfg.epochs / 3))
+    return WarmedUp(source, epochs) if epochs > 0 else source
+
+
+def _source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, bf16: bool, assigner: Assigner) -> AssignmentSource:
     if cfg.cache:
         return CachedAssignment(Path(cfg.cache), split, student.config.layout, parse_views(cfg.views, cfg.size, cfg.max_size),
-                                PAAParams(), cfg.allow_partial)
+                                cfg.allow_partial, assigner, cfg.cross_assigner)
     if cfg.teacher:
         teacher = Teacher(Path(cfg.teacher), device, bf16)
         teacher.check_compatible(student, split)
+        if cfg.assign_from == "teacher":
+            check_assigner(teacher.path, "teacher", teacher.assigner, assigner, cfg.cross_assigner)
         soft = None if cfg.soft_label_weight is None else SoftLabelWeights(cls=cfg.soft_label_weight, gamma=cfg.soft_label_gamma)
-        return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student")
+        return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student", assigner=assigner,
+                                 teacher_target=cfg.alignment_from == "teacher")
     if cfg.colearn:
-        return CoLearning(_peer(cfg, student), cfg.switch)
-    return OwnAssignment()
+        return CoLearning(_peer(cfg, student), cfg.switch, assigner)
+    return OwnAssignment(assigner)
 
 
 def _peer(cfg, student: PAADetector) -> PAADetector:
@@ -230,9 +309,11 @@ def recorded_inputs(cache: str | None, teacher: str | None) -> dict:
         views = store.attrs["views"]
         base = next((v for v in views if "@" not in v["name"]), views[0])
         return {"size": base["short_side"], "max_size": base["max_side"], "views": ",".join(v["name"] for v in views),
-                "anchor_scale": store.provenance.anchor_layout["octave_base_scale"]}
+                "anchor_scale": store.provenance.anchor_layout["octave_base_scale"],
+                "assigner": (store.provenance.assigner or {}).get("name", "paa")}
     if teacher:
         ckpt = load_checkpoint(Path(teacher))
         return {"size": ckpt["size"], "max_size": ckpt["max_size"],
-                "anchor_scale": ckpt["detector"]["layout"]["octave_base_scale"]}
+                "anchor_scale": ckpt["detector"]["layout"]["octave_base_scale"],
+                "assigner": (ckpt.get("assigner") or {}).get("name", "paa")}
     return {}

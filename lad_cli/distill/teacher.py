@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..assign.paa import PAAParams, paa_assign
+from ..assign.registry import Assigner, assigner_named
 from ..data.coco import CocoSplit
 from ..data.dataset import Batch
 from ..errors import LadError
@@ -15,7 +15,7 @@ from ..structures import Predictions
 
 
 class Teacher:
-    """A trained PAA detector, always in eval mode, never under autograd.
+    """A trained detector, always in eval mode, never under autograd.
 
     Its predictions are computed image by image: CPU and GPU convolution kernels give
     results that depend (in the last bits) on how many images share a batch, and the
@@ -31,6 +31,11 @@ class Teacher:
             p.requires_grad_(False)
         self.device = device
         self.bf16 = bf16
+        try:
+            self.assigner = assigner_named(self.checkpoint.get("assigner"))  # checkpoints before TAL: PAA
+        except KeyError:
+            raise LadError(f"{self.path}: trained with an assigner this lad does not know "
+                           f"({self.checkpoint['assigner'].get('name')})") from None
 
     @property
     def categories(self) -> list[dict]:
@@ -53,8 +58,9 @@ class Teacher:
                 parts.append(self.model(image))
         return Predictions(*(torch.cat([getattr(p, f) for p in parts]).float() for f in ("cls_logits", "box_deltas", "iou_logits")))
 
-    def assign(self, batch: Batch, params: PAAParams = PAAParams()) -> tuple[Tensor, Predictions]:
-        """matched_idxs (N, A) of the batch (on the teacher's device) and the teacher's outputs."""
+    def assign(self, batch: Batch, assigner: Assigner | None = None) -> tuple[Tensor, Predictions]:
+        """matched_idxs (N, A) of the batch (on the teacher's device) and the teacher's outputs;
+        by the teacher's own assigner unless another is given."""
         pred = self.predict(batch.images)
         anchors, counts = self.model.anchors(batch.padded_hw, self.device)
-        return paa_assign(anchors, counts, pred.cls_logits, pred.box_deltas, batch.targets, params), pred
+        return (assigner or self.assigner).assign(anchors, counts, pred, batch.targets), pred

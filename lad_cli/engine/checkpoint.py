@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from ..assign.registry import ASSIGNERS
 from ..data.coco import CocoSplit
 from ..errors import LadError
 from ..files import replace_durably
@@ -39,7 +40,8 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def model_checkpoint(net: PAADetector, split: CocoSplit, cfg) -> dict:
-    """What `lad eval` and a LAD teacher need: weights, architecture, classes, input size."""
+    """What `lad eval` and a LAD teacher need: weights, architecture, classes, input size, and
+    the assigner it trained with (a teacher assigns with it)."""
     return {"format": CHECKPOINT_FORMAT, "model": net.state_dict(), "detector": net.config.to_dict(),
             "categories": split.categories, "size": cfg.size, "max_size": cfg.max_size,
-            "annotations_sha256": split.sha256}
+            "annotations_sha256": split.sha256, "assigner": ASSIGNERS[cfg.assigner].record()}

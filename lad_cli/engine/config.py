@@ -50,6 +50,10 @@ class TrainConfig:
     soft_label_gamma: float = 0.5
     # With a teacher: "teacher" (LAD), or "student" (its own PAA; the teacher gives soft labels only).
     assign_from: str = "teacher"
+    assigner: str = "paa"  # paa or tal: the head loss, and the assignment where the network makes its own
+    atss_epochs: int | None = None  # ATSS warm-up epochs; None: a third of the run for own/co-learned TAL, else 0
+    cross_assigner: bool = False  # accept a cache or teacher of another assigner than --assigner
+    alignment_from: str = "student"  # TAL with a teacher: whose alignment on the teacher's positives is the class target
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,11 +111,11 @@ def resumed_config(run: dict, saved: dict, cfg: TrainConfig, given: set[str] | N
 
 
 # The student's input options that follow its assignment source when not given.
-SOURCE_INPUTS = ("size", "max_size", "views", "anchor_scale")
+SOURCE_INPUTS = ("size", "max_size", "views", "anchor_scale", "assigner")
 
 
 def student_inputs(given: dict, cache: str | None, teacher: str | None, resume: bool) -> dict:
-    """--size, --max-size, --views, --anchor-scale: as given, else as the cache (its views are
+    """--size, --max-size, --views, --anchor-scale, --assigner: as given, else as the cache (its views are
     the training views) or the teacher checkpoint recorded them, else TrainConfig's defaults.
     Explicit options that contradict a cache are refused, naming the field, when the source
     is built; on --resume the run's own config decides and nothing is read here."""

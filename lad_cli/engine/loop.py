@@ -23,7 +23,6 @@ from .checkpoint import model_checkpoint, save_atomic
 from .config import TrainConfig, resumed_config
 from .step import progress_info, train_step, validate
 
-
 RESUMABLE = ("nets", "optimizer", "state", "metrics_lines")  # what last.pt holds besides the model
 
 
@@ -158,6 +157,7 @@ def train_epoch(run: Run, bar, task, total: int) -> None:
     cfg, state = run.cfg, run.state
     epoch = state["epoch"]
     run.sampler.set_epoch(epoch, state["batch_in_epoch"])
+    run.source.set_epoch(epoch)
     for net in run.nets.values():
         net.train()
     batches, waited, since = iter(run.loader), 0.0, time.perf_counter()

@@ -8,7 +8,7 @@ from ..data.coco import CocoSplit
 from ..data.views import View
 from ..distill.sources import AssignmentSource
 from ..errors import NonFiniteLoss
-from ..losses import LossWeights, detection_loss
+from ..losses import LossWeights
 from ..runtime import autocast, console, memory_format
 from .config import TrainConfig
 from .evaluate import evaluate_sharded
@@ -36,8 +36,8 @@ def train_step(models, source: AssignmentSource, batch, optimizer, params, weigh
     assigned = source.assign(batch, preds, anchors, counts)
     losses = {k: torch.zeros((), device=device) for k in LOSS_KEYS}
     for pred in preds.values():
-        for k, v in detection_loss(pred.cls_logits, pred.box_deltas, pred.iou_logits, anchors,
-                                   assigned.matched_idxs, batch.targets, weights, dist.process_mean).items():
+        for k, v in assigned.assigner.loss(pred, anchors, assigned.matched_idxs, batch.targets, weights, dist.process_mean,
+                                           assigned.soft_target).items():
             losses[k] = losses[k] + v
     losses.update(source.extra_losses(batch, preds, assigned, anchors))
     loss = sum(losses.values())

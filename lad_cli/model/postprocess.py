@@ -17,6 +17,7 @@ class InferenceParams:
     max_detections: int = 100
     vote_iou: float = 0.01
     vote_sigma: float = 0.025
+    iou_quality: bool = True  # score sqrt(class x IoU branch); False: the class probability alone
 
 
 def score_voting(kept: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float, min_iou: float) -> Tensor:
@@ -32,7 +33,9 @@ def postprocess(
     pred: Predictions, anchors: Tensor, num_per_level: list[int], image_hw: list[tuple[int, int]], params: InferenceParams = InferenceParams()
 ) -> list[Detections]:
     """Detections per image, boxes clipped to each image's own (unpadded) size."""
-    scores_all = (pred.cls_logits.float().sigmoid() * pred.iou_logits.float().sigmoid()[..., None]).sqrt()
+    scores_all = pred.cls_logits.float().sigmoid()
+    if params.iou_quality:
+        scores_all = (scores_all * pred.iou_logits.float().sigmoid()[..., None]).sqrt()
     boxes_all = coder.decode(anchors, pred.box_deltas.float())
     out = []
     for n, (h, w) in enumerate(image_hw):

@@ -15,6 +15,7 @@ from matplotlib.patches import Rectangle
 
 from ..assign.inspect import GTFit, gt_fits
 from ..assign.paa import PAAParams
+from ..assign.registry import ASSIGNERS
 from ..data.coco import CocoSplit, load_split, locate_split
 from ..data.dataset import DetectionDataset, collate
 from ..data.views import MEAN, STD, View, parse_views
@@ -96,7 +97,7 @@ def collect(teacher_path: Path, student_path: Path | None, data, split_name: str
     anchors, counts = teacher.model.anchors(batch.padded_hw, device)
     panels = []
     for name, net in networks:
-        matched, pred = net.assign(batch, params)
+        matched, pred = net.assign(batch, ASSIGNERS["paa"])  # the mixture fits below are PAA's, whatever the teacher's assigner
         fits = gt_fits(anchors, counts, pred.cls_logits[0], pred.box_deltas[0], batch.targets, params)
         panels.append(Panel(name, net.path, matched[0].cpu(), fits))
     canvas = batch.images[0].cpu() * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import dist
-from ...assign.paa import PAAParams, candidates
+from ...assign.registry import ASSIGNERS, Assigner
 from ...data.coco import load_split, locate_split
 from ...data.dataset import DetectionDataset
 from ...data.loader import make_loader
@@ -17,13 +17,13 @@ from ...runtime import use_bf16
 from ..config import AssignConfig
 from ..stats import AssignStats
 from ..teacher import Teacher
-from .store import PAD, AssignmentCache, Provenance, anchor_counts, assigner_record, file_sha256
+from .store import PAD, AssignmentCache, Provenance, anchor_counts, file_sha256
 
 
-def provenance_for(teacher: Teacher, split, views, params: PAAParams) -> Provenance:
+def provenance_for(teacher: Teacher, split, views, assigner: Assigner) -> Provenance:
     return Provenance(teacher_sha256=file_sha256(teacher.path), annotations_sha256=split.sha256,
                       views=[v.to_dict() for v in views], anchor_layout=teacher.model.config.layout.to_dict(),
-                      assigner={**assigner_record(params), "teacher_precision": "bf16" if teacher.bf16 else "float32"},
+                      assigner={**assigner.record(), "teacher_precision": "bf16" if teacher.bf16 else "float32"},
                       categories=split.categories)
 
 
@@ -54,16 +54,18 @@ def run_assign(cfg: AssignConfig) -> dict | None:
     views = parse_views(cfg.views, teacher.checkpoint["size"], teacher.checkpoint["max_size"])
     dataset = DetectionDataset(split, views, teacher.model.config.layout.size_divisor)
     padded = dataset.entry_shapes()
-    params = PAAParams()
+    if cfg.assigner is not None and cfg.assigner not in ASSIGNERS:
+        raise LadError(f"unknown assigner {cfg.assigner!r} (one of: {', '.join(ASSIGNERS)})")
+    assigner = ASSIGNERS[cfg.assigner] if cfg.assigner else teacher.assigner  # by default, the teacher's
     cache, pending = None, [range(ctx.rank, len(padded), ctx.world)]
     if cfg.cache is not None:
-        cache = _open_store(cfg, ctx, provenance_for(teacher, split, views, params), split, padded,
+        cache = _open_store(cfg, ctx, provenance_for(teacher, split, views, assigner), split, padded,
                             anchor_counts(padded, teacher.model.config.layout))
         done = cache.done()
         pending = [cache.shard_range(s) for s in range(cache.num_shards)
                    if s % ctx.world == ctx.rank and not done[cache.shard_range(s)].all()]
     start = time.perf_counter()
-    computed, stats = _teacher_pass(cfg, ctx, teacher, dataset, padded, pending, cache, params)
+    computed, stats = _teacher_pass(cfg, ctx, teacher, dataset, padded, pending, cache, assigner)
     seconds = time.perf_counter() - start
     every = dist.gather(ctx, (computed, stats))
     if every is None:
@@ -71,7 +73,7 @@ def run_assign(cfg: AssignConfig) -> dict | None:
     computed = sum(t for t, _ in every)
     summary = {"entries": len(padded), "computed": computed, "seconds": round(seconds, 2),
                "seconds_per_image": round(seconds * ctx.world / max(1, computed), 4), "device": str(ctx.device),
-               "processes": ctx.world}
+               "processes": ctx.world, "assigner": assigner.name}
     if cache is None:
         return {**summary, **AssignStats.combined([s for _, s in every]).summary()}
     return {**summary, "cache": str(cfg.cache), "done": int(cache.done().sum())}
@@ -90,7 +92,7 @@ def _open_store(cfg: AssignConfig, ctx: dist.Dist, provenance: Provenance, split
 
 
 def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: DetectionDataset, padded: np.ndarray,
-                  pending: list[range], cache: AssignmentCache | None, params: PAAParams) -> tuple[int, AssignStats]:
+                  pending: list[range], cache: AssignmentCache | None, assigner: Assigner) -> tuple[int, AssignStats]:
     """Assign the `pending` entries batch by batch; write each shard once complete (or gather
     statistics without a cache). Returns the number of entries computed and the statistics."""
     layout = teacher.model.config.layout
@@ -107,10 +109,11 @@ def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: 
         task = bar.add_task("assign", total=total, info="")
         for i, (entries, batch) in enumerate(zip(plan, loader)):
             batch = batch.to(ctx.device)
-            matched = teacher.assign(batch, params)[0].cpu()
+            matched = teacher.assign(batch, assigner)[0].cpu()
             if cache is None:
                 anchors, per_level = teacher.model.anchors(batch.padded_hw, ctx.device)
-                stats.add(matched, candidates(anchors, batch.targets, params).cpu(), per_level, batch.targets.valid.cpu())
+                cand = assigner.candidates(anchors, batch.targets)
+                stats.add(matched, None if cand is None else cand.cpu(), per_level, batch.targets.valid.cpu())
             else:
                 r = cache.shard_range(shard_of[entries[0]])
                 if rows is None:

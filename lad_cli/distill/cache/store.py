@@ -90,12 +90,6 @@ class Provenance:
         return None
 
 
-def assigner_record(params) -> dict:
-    """What a cache records of the assigner that made it, besides the teacher's precision
-    (`lad assign` adds it): compared with the student's own assigner settings."""
-    return params.to_dict()
-
-
 def _plain(value):
     """JSON-shaped value (tuples as lists) for comparisons with what zarr attributes hold."""
     if isinstance(value, dict):
