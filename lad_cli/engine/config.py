@@ -101,3 +101,24 @@ class EvalConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """What `lad predict` runs: a checkpoint on image files, folders or glob patterns (no
+    annotations), written to `out` (predictions.json, and images/ when drawn). `size`,
+    `max_size`: None = the checkpoint's; detections below `score_thr` are dropped after the
+    post-processing of `lad eval`, of which `max_det` per image are kept."""
+
+    checkpoint: str
+    sources: tuple[str, ...]
+    out: str
+    score_thr: float = 0.3
+    max_det: int = 100
+    size: int | None = None
+    max_size: int | None = None
+    batch: int = 8
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 0
+    overwrite: bool = False
