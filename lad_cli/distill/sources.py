@@ -24,7 +24,8 @@ from ..model.build import load_checkpoint, load_detector, new_detector
 from ..model.detector import PAADetector
 from ..runtime import console
 from ..structures import Predictions
-from .cache.store import AssignmentCache, Provenance, anchor_counts
+from .cache.store import AssignmentCache, Provenance, anchor_counts, file_sha256
+from .cache.verify import cache_info
 from .teacher import Teacher
 
 
@@ -62,6 +63,11 @@ class AssignmentSource(abc.ABC):
         """Loss terms besides the GT losses (soft labels)."""
         return {}
 
+    def describe(self, network: str = "student") -> dict:
+        """Where the assignments that trained `network` (a key of the loop's networks) came
+        from, as JSON values: every checkpoint the run saves records it (`lad info` shows it)."""
+        return {"source": "own"}
+
 
 class OwnAssignment(AssignmentSource):
     """PAA on the network's own (detached) predictions: the PAA baseline, `teacher-train`."""
@@ -87,6 +93,14 @@ class TeacherAssignment(AssignmentSource):
         self.own = OwnAssignment() if own_assignment else None
         # The GT losses weight boxes as their assignment's method does: the PAA baseline or the LAD head.
         self.box_weighting = OwnAssignment.box_weighting if own_assignment else "mean"
+        self.teacher_sha256: str | None = None
+
+    def describe(self, network: str = "student") -> dict:
+        if self.teacher_sha256 is None:  # once: the file is read whole
+            self.teacher_sha256 = file_sha256(self.teacher.path)
+        return {"source": "teacher", "teacher": str(self.teacher.path), "teacher_sha256": self.teacher_sha256,
+                "teacher_arch": self.teacher.model.config.arch, "assign_from": "student" if self.own else "teacher",
+                "soft_label_weight": None if self.soft is None else self.soft.cls}
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         if self.own is not None:
@@ -149,6 +163,14 @@ class CachedAssignment(AssignmentSource):
             console.print(f"[yellow]--allow-partial: cache incomplete ({counts}): training on the {int(done.sum())} "
                           f"of {len(done)} images whose entries are all done")
         self.images_done = np.nonzero(done)[0].tolist()
+        self.digest: str | None = None
+
+    def describe(self, network: str = "student") -> dict:
+        if self.digest is None:  # once: it reads every entry
+            self.digest = cache_info(self.path)["digest"]
+        return {"source": "cache", "cache": str(self.path), "digest": self.digest,
+                "teacher_sha256": self.cache.provenance.teacher_sha256, "views": [v["name"] for v in self.views],
+                "images": len(self.images_done)}
 
     @property
     def views(self) -> list[dict]:
@@ -170,12 +192,17 @@ class CachedAssignment(AssignmentSource):
 class CoLearning(AssignmentSource):
     """Co-learning LAD: both networks predict, the switch picks whose costs assign."""
 
-    def __init__(self, peer: PAADetector, rule: str):
+    def __init__(self, peer: PAADetector, rule: str, student_arch: str):
         self.peer = peer
         self.rule = rule
+        self.student_arch = student_arch
 
     def peers(self) -> dict[str, PAADetector]:
         return {"peer": self.peer}
+
+    def describe(self, network: str = "student") -> dict:
+        other = self.student_arch if network == "peer" else self.peer.config.arch
+        return {"source": "colearn", "switch": self.rule, "peer_arch": other}
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         matched, share = colearn_assign(anchors, counts, preds["student"], preds["peer"], batch.targets, self.rule)
@@ -204,7 +231,7 @@ def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.devi
         soft = None if cfg.soft_label_weight is None else SoftLabelWeights(cls=cfg.soft_label_weight, gamma=cfg.soft_label_gamma)
         return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student")
     if cfg.colearn:
-        return CoLearning(_peer(cfg, student), cfg.switch)
+        return CoLearning(_peer(cfg, student), cfg.switch, student.config.arch)
     return OwnAssignment()
 
 
