@@ -1,7 +1,8 @@
 """`lad demo`: the whole LAD story on the embedded dataset, sized for 2 CPU cores.
 
 synth -> teacher-train -> assign --cache -> two students of one architecture and schedule
-(baseline: own assignments; LAD: the teacher's cached assignments) -> eval of all three.
+(baseline: own assignments; LAD: the teacher's cached assignments) -> eval of all three ->
+predict --save-images of the LAD student on a few val images (OUT/predictions/).
 """
 import json
 import time
@@ -12,15 +13,18 @@ from pathlib import Path
 from .data.make import synthesize
 from .distill.cache.build import run_assign
 from .distill.config import AssignConfig
-from .engine.config import EvalConfig, TrainConfig
+from .engine.config import EvalConfig, PredictConfig, TrainConfig
 from .engine.evaluate import format_rows, run_eval
 from .engine.loop import train
+from .engine.predict import run_predict
 from .runtime import console
+from .viz.detections import draw_detections
 
 # The CPU preset (demo_preset.json): dataset size, network, schedule, epochs.
 PRESET = json.loads(resources.files(__package__).joinpath("demo_preset.json").read_text())
 DATA, MODEL, SCHEDULE = PRESET["data"], PRESET["model"], PRESET["schedule"]
 TEACHER_EPOCHS, STUDENT_EPOCHS = PRESET["teacher_epochs"], PRESET["student_epochs"]
+PREDICTED = 8  # val images the demo ends by drawing the LAD student's detections on
 
 
 def timed(name: str, fn, seconds: dict):
@@ -68,6 +72,15 @@ def train_students(out: Path, data: Path, cache: Path, seed: int, overwrite: boo
     return rows
 
 
+def show_predictions(out: Path, data: Path, overwrite: bool, seconds: dict) -> Path:
+    """`lad predict --save-images` of the LAD student on the first PREDICTED val images."""
+    images = sorted((data / "images" / "val").iterdir())[:PREDICTED]
+    cfg = PredictConfig(str(out / "lad" / "last.pt"), tuple(map(str, images)), str(out / "predictions"),
+                        batch=SCHEDULE["batch"], device=SCHEDULE["device"], overwrite=overwrite)
+    timed("predict --save-images (LAD student)", lambda: run_predict(cfg, draw=draw_detections), seconds)
+    return out / "predictions" / "images"
+
+
 def run_demo(out: Path, overwrite: bool = False) -> str:
     out = Path(out)
     seconds: dict = {}
@@ -75,10 +88,14 @@ def run_demo(out: Path, overwrite: bool = False) -> str:
     data, cache, teacher_metrics = prepare_teacher(out, overwrite, seconds)
     rows = {"teacher": teacher_metrics}  # validated on the val split at the end of its last epoch
     rows.update(train_students(out, data, cache, 0, overwrite, seconds))
+    pictures = show_predictions(out, data, overwrite, seconds)
     total = round(time.perf_counter() - started, 1)
-    (out / "results.json").write_text(json.dumps({"metrics": rows, "seconds": seconds, "total_seconds": total}, indent=2) + "\n")
-    return format_results(rows, total)
+    (out / "results.json").write_text(json.dumps({"metrics": rows, "seconds": seconds, "total_seconds": total,
+                                                  "pictures": str(pictures)}, indent=2) + "\n")
+    return format_results(rows, total, pictures)
 
 
-def format_results(rows: dict, seconds: float) -> str:
-    return f"{format_rows(rows)}\n(val split of the embedded dataset; {seconds:.0f} s in all)"
+def format_results(rows: dict, seconds: float, pictures: Path) -> str:
+    return (f"{format_rows(rows)}\n(val split of the embedded dataset; {seconds:.0f} s in all)\n"
+            f"the LAD student's detections on {PREDICTED} val images: {pictures}/ (boxes, classes, scores; "
+            f"all of them in {pictures.parent / 'predictions.json'})")
