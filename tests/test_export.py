@@ -109,6 +109,11 @@ def test_fixed_size_onnx_and_refusals(teacher, tmp_path):
         result = invoke("export", "--checkpoint", teacher, *args)
         assert result.exit_code == 2 and message in result.stderr, result.output
     assert not (tmp_path / "g.onnx").exists() and not list(tmp_path.glob(".*.tmp"))
+    again = invoke("export", "--checkpoint", teacher, "--out", tmp_path / "f.onnx", "--overwrite")  # now any size
+    assert again.exit_code == 0 and json.loads(again.stdout)["inputs"]["image"] == [1, 3, "H", "W"], again.output
+    assert onnx.load(str(tmp_path / "f.onnx")).graph.input[0].type.tensor_type.shape.dim[2].dim_param == "height"
+    bad_check = invoke("export", "--checkpoint", teacher, "--out", tmp_path / "h.onnx", "--check", tmp_path / "nowhere")
+    assert bad_check.exit_code == 2 and "data directory not found" in bad_check.stderr and not (tmp_path / "h.onnx").exists()
 
 
 def test_info_counts_parameters_and_flops(teacher):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.coco import load_split, locate_split
+from ..data.coco import CocoSplit
 from ..data.dataset import Batch, DetectionDataset
 from ..data.views import View
 from ..engine.evaluate import METRIC_KEYS, coco_metrics
@@ -74,11 +74,9 @@ def match(a: Detections, b: Detections) -> torch.Tensor | None:
     return pairs
 
 
-def check_export(path: Path, fmt: str, net: PAADetector, ckpt: dict, data: str, split_name: str) -> dict:
+def check_export(path: Path, fmt: str, net: PAADetector, ckpt: dict, split: CocoSplit) -> dict:
     """The eager network (float32) and the exported file on every image of a split: COCO
     metrics of each, and their detections compared image by image."""
-    split = load_split(*locate_split(data, split_name))
-    split.check_categories(ckpt["categories"], str(path))
     dataset = DetectionDataset(split, [View("orig", ckpt["size"], ckpt["max_size"], False)], net.config.layout.size_divisor)
     cpu = torch.device("cpu")
     eager = detect_with_network(net, dataset, 1, cpu)
@@ -89,5 +87,5 @@ def check_export(path: Path, fmt: str, net: PAADetector, ckpt: dict, data: str, 
         records = [r for index, det in found for r in coco_records(split.images[index].id, det, category_ids)]
         metrics[name] = {k: v for k, v in coco_metrics(split, records).items() if k in METRIC_KEYS}
     ap_diff = abs(metrics["exported"]["AP"] - metrics["eager"]["AP"])
-    return {"data": str(data), "split": split_name, "images": len(split.images), **compare(eager, exported),
+    return {"annotations": str(split.ann_file), "images": len(split.images), **compare(eager, exported),
             "eager": metrics["eager"], "exported": metrics["exported"], "AP_difference": ap_diff}

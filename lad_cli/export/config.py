@@ -17,5 +17,4 @@ class ExportConfig:
     opset: int = 17
     check: str | None = None
     check_split: str = "val"
-    check_images: int | None = None  # the first N images of the split (None: all)
     overwrite: bool = False

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.coco import load_split, locate_split
 from ..data.views import padded_hw
 from ..errors import LadError
 from ..model.build import load_detector
@@ -37,6 +38,10 @@ def run_export(cfg: ExportConfig) -> dict:
     divisor = net.config.layout.size_divisor
     if cfg.size is not None and any(s <= 0 or s % divisor for s in cfg.size):
         raise LadError(f"--size {cfg.size[0]} {cfg.size[1]}: height and width must be positive multiples of {divisor}")
+    split = None
+    if cfg.check is not None:  # read before the export, so that a wrong folder costs nothing
+        split = load_split(*locate_split(cfg.check, cfg.check_split))
+        split.check_categories(ckpt["categories"], str(cfg.checkpoint))
     params = InferenceParams()
     graph = DeployedDetector(net, params)
     # Traced on an input of the fixed size, or of the padded training size (the graph then takes any).
@@ -48,13 +53,12 @@ def run_export(cfg: ExportConfig) -> dict:
         _write_atomic(out, lambda tmp: _write_onnx(graph, example, tmp, metadata, cfg.size is None, cfg.opset))
     else:
         _write_atomic(out, lambda tmp: _write_torchscript(graph, example, tmp, metadata))
+    shape = [1, 3, *(hw if cfg.size is not None else ("H", "W"))]
     summary = {"out": str(out), "format": cfg.format, "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - start, 2),
-               "input": {"image": f"float32 (1, 3, {'H' if cfg.size is None else hw[0]}, {'W' if cfg.size is None else hw[1]})"
-                                  + (f", H and W multiples of {divisor}" if cfg.size is None else ""),
-                         "image_size": "int64 (2,)"},
-               "outputs": list(OUTPUT_NAMES), "opset": cfg.opset if cfg.format == "onnx" else None}
-    if cfg.check is not None:
-        summary["check"] = check_export(out, cfg.format, net, ckpt, cfg.check, cfg.check_split)
+               "inputs": {"image": shape, "image_size": [2]}, "size_divisor": divisor, "outputs": list(OUTPUT_NAMES),
+               "opset": cfg.opset if cfg.format == "onnx" else None}
+    if split is not None:
+        summary["check"] = check_export(out, cfg.format, net, ckpt, split)
     return summary
 
 
