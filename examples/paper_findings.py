@@ -44,6 +44,15 @@ from lad_cli.engine.loop import train  # noqa: E402
 from lad_cli.errors import LadError, one_line  # noqa: E402
 from lad_cli.runtime import console  # noqa: E402
 
+# The input size these findings were measured at, pinned: the demo preset may change for speed.
+FINDINGS_INPUT = {"size": 160, "max_size": 256}
+
+
+def findings_config(data, seed: int, epochs: int, **changes):
+    """The demo's student config at the findings' input size."""
+    return student_config(data, seed, epochs, **{**FINDINGS_INPUT, **changes})
+
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -145,7 +154,7 @@ class Experiment:
         found = {}
         for short, arch in TEACHERS.items():
             folder, cache = self.teacher_dir(short), self.cache_path(short)
-            config = student_config(self.data, 0, self.scale.teacher_epochs, arch=arch, warmup=self.scale.teacher_warmup)
+            config = findings_config(self.data, 0, self.scale.teacher_epochs, arch=arch, warmup=self.scale.teacher_warmup)
             found[short] = self.run(folder, config, f"teacher {short}")["last.pt"]
             run_assign(AssignConfig(str(folder / "last.pt"), str(self.data), cache=str(cache), batch=SCHEDULE["batch"],
                                     device=SCHEDULE["device"], resume=self.resume and cache.exists(), overwrite=self.overwrite))
@@ -154,7 +163,7 @@ class Experiment:
     def students(self, seed: int) -> dict:
         found = {}
         for key, (arch, source) in RUNS.items():
-            config = student_config(self.data, seed, self.scale.student_epochs, arch=arch, warmup=self.scale.student_warmup,
+            config = findings_config(self.data, seed, self.scale.student_epochs, arch=arch, warmup=self.scale.student_warmup,
                                     **self.with_paths(source))
             checkpoints = ("last.pt", "peer_last.pt") if source.get("colearn") else ("last.pt",)
             found[key] = self.run(self.out / f"seed{seed}" / key, config, f"seed {seed} {key}", checkpoints)

@@ -19,14 +19,26 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from paper_findings import FULL, QUICK, Experiment, Row, aggregate, main, render_chart, render_table  # noqa: E402
+from paper_findings import (  # noqa: E402
+    FULL,
+    QUICK,
+    Experiment,
+    Row,
+    aggregate,
+    findings_config,
+    main,
+    render_chart,
+    render_table,
+)
 
 from lad_cli.data.coco import load_split, locate_split  # noqa: E402
+from lad_cli.data.dataset import DetectionDataset  # noqa: E402
 from lad_cli.data.views import View  # noqa: E402
-from lad_cli.demo import SCHEDULE, student_config  # noqa: E402
+from lad_cli.demo import SCHEDULE  # noqa: E402
 from lad_cli.distill.cache.build import run_assign  # noqa: E402
 from lad_cli.distill.config import AssignConfig  # noqa: E402
-from lad_cli.engine.evaluate import coco_metrics, predict  # noqa: E402
+from lad_cli.engine.evaluate import coco_metrics  # noqa: E402
+from lad_cli.engine.inference import coco_records, detect_with_network  # noqa: E402
 from lad_cli.errors import LadError  # noqa: E402
 from lad_cli.model.build import load_detector  # noqa: E402
 from lad_cli.model.postprocess import InferenceParams  # noqa: E402
@@ -64,9 +76,11 @@ def cls_only_ap(run: Path, data: Path, checkpoint: str) -> float:
     model, ckpt = load_detector(run / checkpoint)
     split = load_split(*locate_split(str(data), "val"))
     view = View("orig", ckpt["size"], ckpt["max_size"], False)
-    results = predict(model.to(device), split, view, SCHEDULE["batch"], device, params=InferenceParams(iou_quality=False),
-                      bf16=use_bf16(device))
-    return coco_metrics(split, results)["AP"]
+    dataset = DetectionDataset(split, [view], model.config.layout.size_divisor)
+    found = detect_with_network(model.to(device), dataset, SCHEDULE["batch"], device,
+                                params=InferenceParams(iou_quality=False), bf16=use_bf16(device))
+    category_ids = [c["id"] for c in split.categories]
+    return coco_metrics(split, [r for index, det in found for r in coco_records(split.images[index].id, det, category_ids)])["AP"]
 
 
 class TALExperiment(Experiment):
@@ -86,7 +100,7 @@ class TALExperiment(Experiment):
         found = {}
         for short, source in TEACHERS.items():
             folder, cache = self.teacher_dir(short), self.cache_path(short)
-            config = student_config(self.data, 0, self.scale.teacher_epochs, warmup=self.scale.teacher_warmup, **source)
+            config = findings_config(self.data, 0, self.scale.teacher_epochs, warmup=self.scale.teacher_warmup, **source)
             found[short] = self.run(folder, config, f"teacher {short}")["last.pt"]
             run_assign(AssignConfig(str(folder / "last.pt"), str(self.data), cache=str(cache), batch=SCHEDULE["batch"],
                                     device=SCHEDULE["device"], resume=self.resume and cache.exists(), overwrite=self.overwrite))
@@ -95,7 +109,7 @@ class TALExperiment(Experiment):
     def students(self, seed: int) -> dict:
         found = {}
         for key, source in RUNS.items():
-            config = student_config(self.data, seed, self.scale.student_epochs, warmup=self.scale.student_warmup,
+            config = findings_config(self.data, seed, self.scale.student_epochs, warmup=self.scale.student_warmup,
                                     **self.with_paths(source))
             checkpoints = ("last.pt", "peer_last.pt") if source.get("colearn") else ("last.pt",)
             found[key] = self.run(self.out / f"seed{seed}" / key, config, f"seed {seed} {key}", checkpoints)

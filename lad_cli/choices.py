@@ -7,7 +7,7 @@ adding a value is one line here plus its implementation.
 """
 import difflib
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")  # model/backbone.py builds each
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")  # model/backbone.py builds each
 AMP_MODES = ("auto", "bf16", "off")  # runtime.use_bf16
 BOX_WEIGHTINGS = ("iou", "mean")  # losses.detection_loss
 SWITCH_RULES = ("gt-level", "iteration")  # assign/colearn.colearn_assign

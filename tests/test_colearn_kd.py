@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from lad_cli.assign.colearn import colearn_assign
-from lad_cli.assign.paa import CandidateList, PAAParams, candidate_costs, candidates, paa_assign
+from lad_cli.assign.paa import (
+    CandidateList,
+    PAAParams,
+    candidate_costs,
+    candidates,
+    paa_assign,
+)
 from lad_cli.data.coco import load_split, locate_split
 from lad_cli.data.dataset import Collate, DetectionDataset
 from lad_cli.data.views import parse_views

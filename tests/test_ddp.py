@@ -17,7 +17,9 @@ from lad_cli.data.sampler import ViewBatchSampler
 from lad_cli.model.anchors import AnchorLayout
 from lad_cli.model.detector import DetectorConfig, PAADetector
 from tests.conftest import TINY
-from tests.test_faults import PACED_TRAIN  # announces each save with its pid, then pauses
+from tests.test_faults import (
+    PACED_TRAIN,  # announces each save with its pid, then pauses
+)
 
 runner = CliRunner()
 EXACT = [*TINY, "--amp", "off"]  # float32, so that 1 and 2 processes agree to rounding

@@ -21,6 +21,11 @@ def test_demo_runs_the_whole_story(tmp_path, monkeypatch):
     assert [line.split()[0] for line in lines[1:4]] == ["teacher", "baseline", "LAD"]
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(saved["metrics"]) == {"teacher", "baseline student", "LAD student"}
+    pictures = tmp_path / "demo" / "predictions" / "images"
+    assert f"{pictures}/" in result.stdout and sorted(p.name for p in pictures.iterdir()) == \
+        sorted(p.name for p in (tmp_path / "demo" / "data" / "images" / "val").iterdir())  # 4 val images, all drawn
+    predicted = json.loads((tmp_path / "demo" / "predictions" / "predictions.json").read_text())
+    assert predicted["checkpoint"] == str(tmp_path / "demo" / "lad" / "last.pt") and len(predicted["images"]) == 4
     lad_config = json.loads((tmp_path / "demo" / "lad" / "config.json").read_text())
     base_config = json.loads((tmp_path / "demo" / "baseline" / "config.json").read_text())
     assert lad_config["cache"] and base_config["cache"] is None

@@ -122,7 +122,7 @@ def test_coco_reader_reads_or_refuses_in_one_line(image_dir, raw):
 def base_checkpoint():
     torch.manual_seed(0)
     split = SimpleNamespace(categories=[{"id": i, "name": f"c{i}"} for i in (1, 2, 4)], sha256="0" * 64)
-    return model_checkpoint(new_detector("resnet18", 3, 16, 1, None), split, SimpleNamespace(size=64, max_size=96))
+    return model_checkpoint(new_detector("resnet18", 3, 16, 1, None), split, SimpleNamespace(size=64, max_size=96, assigner="paa"))
 
 
 TENSORS = st.sampled_from(["shape", "dtype int", "dtype half", "dtype complex", "nan", "inf", "not a tensor", "delete"])

@@ -1,4 +1,5 @@
 """LAD end to end: assign --cache, cache info/verify, cached vs online equivalence, co-learning."""
+import hashlib
 import json
 
 import pytest
@@ -110,6 +111,19 @@ def assert_cached_student_is_online(cache, teacher, synth_data, tmp_path, *optio
         for key in ("loss", "loss_cls", "loss_box", "loss_iou"):
             assert ra[key] == pytest.approx(rb[key], abs=1e-5), (ra["iteration"], key)
     assert json.loads((tmp_path / "cached" / "config.json").read_text())["cache"] == str(cache)
+    # Each checkpoint records where its assignments came from (lad info).
+    teacher_sha256 = hashlib.sha256(teacher.read_bytes()).hexdigest()
+    assert trained_on(tmp_path / "cached" / "last.pt") == {
+        "source": "cache", "cache": str(cache), "digest": info(cache)["digest"], "views": ["orig", "flip"],
+        "images": 12, "teacher_sha256": teacher_sha256}
+    online = trained_on(tmp_path / "online" / "best.pt")
+    assert (online["source"], online["teacher_sha256"], online["assign_from"]) == ("teacher", teacher_sha256, "teacher")
+
+
+def trained_on(checkpoint):
+    result = invoke("info", checkpoint, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["training"]["assignment"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -147,6 +161,8 @@ def test_colearning_trains_two_networks(synth_data, tmp_path):
     shares = [r["student_teaches"] for r in records if "student_teaches" in r]
     assert shares and all(0 <= s <= 1 for s in shares)
     assert any(r.get("network") == "peer" and "AP" in r for r in records)
+    assert trained_on(out / "last.pt") == {"source": "colearn", "switch": "gt-level", "peer_arch": "resnet34"}
+    assert trained_on(out / "peer_last.pt") == {"source": "colearn", "switch": "gt-level", "peer_arch": "resnet18"}
 
 
 def test_online_lad_with_soft_labels(teacher, synth_data, tmp_path):

@@ -24,7 +24,7 @@ def train(data, out, *args, command="teacher-train"):
 CHOICES = {  # option and typo -> the line, with the closest valid value
     "--amp": ("bf61", "unknown --amp 'bf61': use auto, bf16, off; did you mean 'bf16'?"),
     "--box-weighting": ("iuo", "unknown --box-weighting 'iuo': use iou, mean; did you mean 'iou'?"),
-    "--arch": ("resnet19", "unknown --arch 'resnet19': use resnet18, resnet34, resnet50, resnet101; did you mean 'resnet18'?"),
+    "--arch": ("resnet19", "unknown --arch 'resnet19': use resnet18, resnet34, resnet50, resnet101, mobilenet_v2, mobilenet_v3_large; did you mean 'resnet18'?"),
     "--device": ("meta", "unknown device 'meta': use auto, cpu, cuda, cuda:N"),
     "--views": ("orig,fliip", "unknown view 'fliip': use orig, flip, orig@SIZE or flip@SIZE; did you mean 'flip'?"),
     "--lr-steps": ("8,x", "--lr-steps '8,x': epochs as integers separated by commas, e.g. 8,11"),
@@ -32,7 +32,7 @@ CHOICES = {  # option and typo -> the line, with the closest valid value
 STUDENT_CHOICES = {
     "--switch": ("iter", "unknown --switch 'iter': use gt-level, iteration; did you mean 'iteration'?"),
     "--assign-from": ("teachr", "unknown --assign-from 'teachr': use teacher, student; did you mean 'teacher'?"),
-    "--peer-arch": ("resnet5O", "unknown --peer-arch 'resnet5O': use resnet18, resnet34, resnet50, resnet101; did you mean 'resnet50'?"),
+    "--peer-arch": ("resnet5O", "unknown --peer-arch 'resnet5O': use resnet18, resnet34, resnet50, resnet101, mobilenet_v2, mobilenet_v3_large; did you mean 'resnet50'?"),
 }
 
 

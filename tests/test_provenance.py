@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lad_cli.assign.paa import PAAParams
-from lad_cli.distill.cache import build
+from lad_cli.assign.registry import ASSIGNERS
 from tests.conftest import TINY, invoke
 
 
@@ -35,7 +35,7 @@ def test_cache_made_otherwise_is_refused_naming_the_field(teacher, synth_data, t
     elif field == "annotations_sha256":
         data = edited_annotations(synth_data, tmp_path, nudge_a_box)
     elif field == "assigner":  # a store made with other PAA constants (another lad, another assigner)
-        monkeypatch.setattr(build, "PAAParams", lambda: PAAParams(topk=5))
+        monkeypatch.setattr(ASSIGNERS["paa"], "params", PAAParams(topk=5))
     cache = tmp_path / "cache.zarr"
     result = invoke("assign", "--teacher", teacher, *data, "--cache", cache, "--views", "orig", "--device", "cpu")
     assert result.exit_code == 0, result.output

@@ -76,7 +76,7 @@ def test_assign_with_another_assigner_than_the_teachers(tal_teacher, synth_data,
 
 @pytest.mark.parametrize("args, message", [
     (["--alignment-from", "teacher"], "--alignment-from teacher needs --teacher"),
-    (["--assigner", "atss"], "unknown assigner 'atss'"),
+    (["--assigner", "atss"], "unknown --assigner 'atss': use paa, tal"),
 ])
 def test_bad_tal_options(args, message, tal_cache, synth_data, tmp_path):
     result = invoke("student-train", "--cache", tal_cache, "--data", synth_data, "--out", tmp_path / "r", *TINY, *args)

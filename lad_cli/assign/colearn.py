@@ -5,7 +5,13 @@ from torch import Tensor
 from ..choices import SWITCH_RULES
 from ..model.anchors import anchor_levels
 from ..structures import Predictions, Targets
-from .paa import CandidateList, PAAParams, assign_from_costs, candidate_costs, candidates
+from .paa import (
+    CandidateList,
+    PAAParams,
+    assign_from_costs,
+    candidate_costs,
+    candidates,
+)
 
 
 def _group_spread(cost: Tensor, group: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:

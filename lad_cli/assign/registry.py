@@ -9,7 +9,13 @@ from typing import Callable
 
 from torch import Tensor
 
-from ..losses import LossWeights, TALLossWeights, detection_loss, tal_loss, tal_soft_target
+from ..losses import (
+    LossWeights,
+    TALLossWeights,
+    detection_loss,
+    tal_loss,
+    tal_soft_target,
+)
 from ..structures import Predictions, Targets
 from .atss import ATSSParams, atss_assign
 from .colearn import colearn_assign

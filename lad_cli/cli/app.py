@@ -168,7 +168,7 @@ MaxSize = Annotated[int, typer.Option(min=32, help="Cap on the longer side after
 Width = Annotated[int, typer.Option(min=8, help="FPN and head channels (256 = paper).")]
 HeadDepth = Annotated[int, typer.Option(min=1, help="Convs per head tower (4 = paper).")]
 AnchorScale = Annotated[int, typer.Option(min=1, help="Anchor side in strides (8 = paper; smaller suits small images).")]
-Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: a torchvision ResNet state-dict file, or 'imagenet' (torchvision's cache).")]
+Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: a state-dict file of the torchvision classifier of --arch, or 'imagenet' (torchvision's ImageNet-1k weights, from torch's cache or downloaded).")]
 Warmup = Annotated[int, typer.Option(min=0, help="Linear warm-up iterations.")]
 LrSteps = Annotated[Optional[str], typer.Option(callback=_check(_lr_steps_error), help="Epochs at which lr x0.1, e.g. 8,11 [default: 8/12 and 11/12 of the run].")]
 Views = Annotated[str, typer.Option(callback=check_views, help="Training views, e.g. orig,flip (random flip) or orig,flip,orig@640,flip@640.")]

@@ -1,5 +1,6 @@
 """(image, view) -> tensors, and batches of one padded shape."""
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +51,16 @@ class Batch:
                      self.image_hw, None if self.matched_idxs is None else self.matched_idxs.to(device, non_blocking=nb))
 
 
+def decode_image(path: Path, where: str = "") -> Tensor:
+    """uint8 (3, H, W) RGB: the stored pixels (no EXIF rotation, as COCO's own tools), grey,
+    palette and RGBA images converted. An unreadable file is a LadError naming it."""
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise LadError(f"{path}: unreadable image{where}") from None
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """Indexed by (image index, view id)."""
 
@@ -73,13 +84,13 @@ class DetectionDataset(torch.utils.data.Dataset):
         """(images x views, 2) int32: the padded shapes in cache-entry order (image x V + view)."""
         return np.array(self.shapes(), dtype=np.int32).reshape(-1, 2)
 
+    def original_hw(self, index: int) -> tuple[int, int]:
+        rec = self.split.images[index]
+        return rec.height, rec.width
+
     def read_image(self, index: int) -> Tensor:
         rec = self.split.images[index]
-        try:
-            with Image.open(rec.path) as im:
-                image = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-        except (UnidentifiedImageError, OSError, ValueError):
-            raise LadError(f"{rec.path}: unreadable image (image id {rec.id})") from None
+        image = decode_image(rec.path, f" (image id {rec.id})")
         if tuple(image.shape[-2:]) != (rec.height, rec.width):
             raise LadError(f"{rec.path}: image is {image.shape[-1]}x{image.shape[-2]} but "
                            f"{self.split.ann_file.name} says {rec.width}x{rec.height} (image id {rec.id})")

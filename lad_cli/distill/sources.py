@@ -26,7 +26,8 @@ from ..model.build import load_checkpoint, load_detector, new_detector
 from ..model.detector import PAADetector
 from ..runtime import console
 from ..structures import Predictions
-from .cache.store import AssignmentCache, anchor_counts
+from .cache.store import AssignmentCache, anchor_counts, file_sha256
+from .cache.verify import cache_info
 from .teacher import Teacher
 
 
@@ -70,6 +71,11 @@ class AssignmentSource(abc.ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the loop before each epoch (0-based)."""
+
+    def describe(self, network: str = "student") -> dict:
+        """Where the assignments that trained `network` (a key of the loop's networks) came
+        from, as JSON values: every checkpoint the run saves records it (`lad info` shows it)."""
+        return {"source": "own"}
 
 
 class OwnAssignment(AssignmentSource):
@@ -128,6 +134,14 @@ class TeacherAssignment(AssignmentSource):
         # The GT losses weight boxes as their assignment's method does: the PAA baseline or the LAD head.
         self.box_weighting = OwnAssignment.box_weighting if own_assignment else "mean"
         self.teacher_target = teacher_target
+        self.teacher_sha256: str | None = None
+
+    def describe(self, network: str = "student") -> dict:
+        if self.teacher_sha256 is None:  # once: the file is read whole
+            self.teacher_sha256 = file_sha256(self.teacher.path)
+        return {"source": "teacher", "teacher": str(self.teacher.path), "teacher_sha256": self.teacher_sha256,
+                "teacher_arch": self.teacher.model.config.arch, "assign_from": "student" if self.own else "teacher",
+                "soft_label_weight": None if self.soft is None else self.soft.cls}
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         if self.own is not None:
@@ -200,6 +214,14 @@ class CachedAssignment(AssignmentSource):
             console.print(f"[yellow]--allow-partial: cache incomplete ({counts}): training on the {int(done.sum())} "
                           f"of {len(done)} images whose entries are all done")
         self.images_done = np.nonzero(done)[0].tolist()
+        self.digest: str | None = None
+
+    def describe(self, network: str = "student") -> dict:
+        if self.digest is None:  # once: it reads every entry
+            self.digest = cache_info(self.path)["digest"]
+        return {"source": "cache", "cache": str(self.path), "digest": self.digest,
+                "teacher_sha256": self.cache.provenance.teacher_sha256, "views": [v["name"] for v in self.cache.attrs["views"]],
+                "images": len(self.images_done)}
 
     def subset(self) -> list[int]:
         return self.images_done
@@ -214,13 +236,18 @@ class CachedAssignment(AssignmentSource):
 class CoLearning(AssignmentSource):
     """Co-learning LAD: both networks predict, the switch picks whose predictions assign."""
 
-    def __init__(self, peer: PAADetector, rule: str, assigner: Assigner = ASSIGNERS["paa"]):
+    def __init__(self, peer: PAADetector, rule: str, student_arch: str, assigner: Assigner = ASSIGNERS["paa"]):
         self.peer = peer
         self.rule = rule
+        self.student_arch = student_arch
         self.assigner = assigner
 
     def peers(self) -> dict[str, PAADetector]:
         return {"peer": self.peer}
+
+    def describe(self, network: str = "student") -> dict:
+        other = self.student_arch if network == "peer" else self.peer.config.arch
+        return {"source": "colearn", "switch": self.rule, "peer_arch": other}
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         matched, share = self.assigner.colearn(anchors, counts, preds["student"], preds["peer"], batch.targets, self.rule)
@@ -284,7 +311,7 @@ def _source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, b
         return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student", assigner=assigner,
                                  teacher_target=cfg.alignment_from == "teacher")
     if cfg.colearn:
-        return CoLearning(_peer(cfg, student), cfg.switch, assigner)
+        return CoLearning(_peer(cfg, student), cfg.switch, student.config.arch, assigner)
     return OwnAssignment(assigner)
 
 

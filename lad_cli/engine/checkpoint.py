@@ -39,9 +39,11 @@ def save_atomic(obj: dict, path: Path) -> None:
         raise LadError(f"{path}: cannot write the checkpoint ({cause.strerror or cause}); {kept}") from None
 
 
-def model_checkpoint(net: PAADetector, split: CocoSplit, cfg) -> dict:
-    """What `lad eval` and a LAD teacher need: weights, architecture, classes, input size, and
-    the assigner it trained with (a teacher assigns with it)."""
+def model_checkpoint(net: PAADetector, split: CocoSplit, cfg, training: dict | None = None) -> dict:
+    """What `lad eval` and a LAD teacher need: weights, architecture, classes, input size, the
+    assigner it trained with (a teacher assigns with it); and `training`, how the network was
+    trained (`lad info`)."""
     return {"format": CHECKPOINT_FORMAT, "model": net.state_dict(), "detector": net.config.to_dict(),
             "categories": split.categories, "size": cfg.size, "max_size": cfg.max_size,
-            "annotations_sha256": split.sha256, "assigner": ASSIGNERS[cfg.assigner].record()}
+            "annotations_sha256": split.sha256, "assigner": ASSIGNERS[cfg.assigner].record(),
+            **({"training": training} if training is not None else {})}

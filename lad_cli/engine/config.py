@@ -119,7 +119,9 @@ def student_inputs(given: dict, cache: str | None, teacher: str | None, resume: 
     the training views) or the teacher checkpoint recorded them, else TrainConfig's defaults.
     Explicit options that contradict a cache are refused, naming the field, when the source
     is built; on --resume the run's own config decides and nothing is read here."""
-    from ..distill.sources import recorded_inputs  # here, so that the CLI's `--help` imports no torch
+    from ..distill.sources import (
+        recorded_inputs,  # here, so that the CLI's `--help` imports no torch
+    )
 
     recorded = {} if resume else recorded_inputs(cache, teacher)
     return {k: given[k] if given.get(k) is not None else recorded.get(k, getattr(TrainConfig, k)) for k in SOURCE_INPUTS}
@@ -139,3 +141,24 @@ class EvalConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """What `lad predict` runs: a checkpoint on image files, folders or glob patterns (no
+    annotations), written to `out` (predictions.json, and images/ when drawn). `size`,
+    `max_size`: None = the checkpoint's; detections below `score_thr` are dropped after the
+    post-processing of `lad eval`, of which `max_det` per image are kept."""
+
+    checkpoint: str
+    sources: tuple[str, ...]
+    out: str
+    score_thr: float = 0.3
+    max_det: int = 100
+    size: int | None = None
+    max_size: int | None = None
+    batch: int = 8
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 0
+    overwrite: bool = False

@@ -5,68 +5,34 @@ import io
 import json
 from pathlib import Path
 
-import torch
 from faster_coco_eval import COCO
 from faster_coco_eval import COCOeval_faster as COCOeval
 
 from .. import dist
 from ..data.coco import CocoSplit, load_split, locate_split
 from ..data.dataset import DetectionDataset
-from ..data.loader import make_loader
-from ..data.sampler import ViewBatchSampler
-from ..data.views import View, to_original
+from ..data.views import View
 from ..errors import LadError
 from ..model.build import load_detector
 from ..model.detector import PAADetector
-from ..model.postprocess import InferenceParams, postprocess
 from ..progress import progress_bar
-from ..runtime import autocast, use_bf16
+from ..runtime import use_bf16
 from .config import EvalConfig
+from .inference import coco_records, detect_sharded
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-@torch.no_grad()
-def predict(model: PAADetector, split: CocoSplit, view: View, batch_size: int, device: torch.device,
-            workers: int = 0, on_batch=None, params: InferenceParams = InferenceParams(), bf16: bool = False,
-            indices: list[int] | None = None) -> list[dict]:
-    """COCO-format detections (original image pixels, dataset category ids) for every image
-    (or the images at `indices`)."""
-    divisor = model.config.layout.size_divisor
-    dataset = DetectionDataset(split, [view], divisor)
-    sampler = ViewBatchSampler(dataset.shapes(), batch_size, seed=0, shuffle=False, subset=indices)
-    loader = make_loader(dataset, sampler, divisor, workers, device)
-    was_training = model.training
-    model.eval()
-    results = []
-    try:
-        for batch in loader:
-            batch = batch.to(device)
-            with autocast(device, bf16):
-                pred = model(batch.images)
-            anchors, counts = model.anchors(batch.padded_hw, device)
-            for det, index in zip(postprocess(pred, anchors, counts, batch.image_hw, params), batch.indices.tolist()):
-                rec = split.images[index]
-                boxes = to_original(det.boxes.float().cpu(), rec.height, rec.width, view)
-                for box, score, label in zip(boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
-                    results.append({"image_id": rec.id, "category_id": split.category_id(label),
-                                    "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
-                                    "score": round(score, 5)})
-            if on_batch:
-                on_batch(len(batch.indices))
-    finally:
-        model.train(was_training)
-    return results
-
-
 def predict_sharded(model: PAADetector, split: CocoSplit, view: View, batch_size: int, ctx: dist.Dist,
                     workers: int = 0, on_batch=None, bf16: bool = False) -> list[dict] | None:
-    """`predict` with the images dealt out to the processes (image i to rank i mod N); rank 0
-    gets every detection, the other ranks None. One process: `predict`."""
-    mine = predict(model, split, view, batch_size, ctx.device, workers, on_batch, bf16=bf16,
-                   indices=list(range(ctx.rank, len(split.images), ctx.world)))
-    parts = dist.gather(ctx, mine)
-    return None if parts is None else [d for part in parts for d in part]
+    """COCO-format detections (original image pixels, dataset category ids) of every image of
+    the split, the images dealt out to the processes; rank 0 gets them all, the others None."""
+    dataset = DetectionDataset(split, [view], model.config.layout.size_divisor)
+    found = detect_sharded(model, dataset, batch_size, ctx, workers, on_batch, bf16=bf16)
+    if found is None:
+        return None
+    category_ids = [c["id"] for c in split.categories]
+    return [r for index, det in found for r in coco_records(split.images[index].id, det, category_ids)]
 
 
 def evaluate_sharded(model: PAADetector, split: CocoSplit, view: View, batch_size: int, ctx: dist.Dist,

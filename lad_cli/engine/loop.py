@@ -70,12 +70,21 @@ class Run:
         if not self.ctx.is_main:
             return
         cfg, split = self.cfg, self.train_split
-        full = {**model_checkpoint(self.nets["student"], split, cfg), "train_config": cfg.to_dict(),
+        full = {**model_checkpoint(self.nets["student"], split, cfg, self.training("student")), "train_config": cfg.to_dict(),
                 "nets": {k: n.state_dict() for k, n in self.nets.items()}, "optimizer": self.optimizer.state_dict(),
                 "state": self.state, "metrics_lines": self.metrics.lines}
         save_atomic(full, self.out / name)
         for peer in (k for k in self.nets if k != "student"):
-            save_atomic({**model_checkpoint(self.nets[peer], split, cfg), "state": self.state}, self.out / f"{peer}_{name}")
+            save_atomic({**model_checkpoint(self.nets[peer], split, cfg, self.training(peer)), "state": self.state},
+                        self.out / f"{peer}_{name}")
+
+    def training(self, network: str) -> dict:
+        """How `network` was trained so far (`lad info`): assignment source, init, schedule, progress."""
+        cfg = self.cfg
+        return {"assignment": self.source.describe(network), "arch": self.nets[network].config.arch,
+                "weights": cfg.weights, "seed": cfg.seed, "epochs": cfg.epochs, "batch": cfg.batch, "lr": cfg.base_lr(),
+                "views": cfg.views, "epoch": self.state["epoch"],
+                "iteration": self.state["iteration"], "world": self.ctx.world}
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, given: set[str] | None = None) -> dict:

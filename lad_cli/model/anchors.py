@@ -34,8 +34,13 @@ class AnchorLayout:
 
     def anchors(self, padded_hw: tuple[int, int], device: torch.device | str = "cpu") -> Tensor:
         """(A, 4) float32 anchors for an input of this padded shape."""
+        return self.grid_anchors(self.level_shapes(padded_hw), device)
+
+    def grid_anchors(self, level_shapes: list[tuple], device: torch.device | str = "cpu") -> Tensor:
+        """(A, 4) float32 anchors of these per-level grid shapes (ints, or 0-dim tensors where
+        an exported graph traces them from its input's shape)."""
         per_level = []
-        for (h, w), stride in zip(self.level_shapes(padded_hw), self.strides):
+        for (h, w), stride in zip(level_shapes, self.strides):
             ys = (torch.arange(h, device=device, dtype=torch.float32) + self.centre_offset) * stride
             xs = (torch.arange(w, device=device, dtype=torch.float32) + self.centre_offset) * stride
             cy, cx = torch.meshgrid(ys, xs, indexing="ij")

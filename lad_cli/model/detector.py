@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..structures import Predictions
 from .anchors import AnchorLayout
-from .backbone import ResNetC3C5
+from .backbone import build_backbone
 from .fpn import FPN
 from .head import PAAHead
 
@@ -34,7 +34,7 @@ class PAADetector(nn.Module):
     def __init__(self, config: DetectorConfig):
         super().__init__()
         self.config = config
-        self.backbone = ResNetC3C5(config.arch)
+        self.backbone = build_backbone(config.arch)
         self.fpn = FPN(self.backbone.out_channels, config.width)
         self.head = PAAHead(config.num_classes, config.width, config.head_depth, len(config.layout.strides))
 
