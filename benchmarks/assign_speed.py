@@ -3,7 +3,8 @@ vs its per-GT loop (tests/reference_tal.py), on the same predictions.
 
     python -m benchmarks.assign_speed [--images 16] [--gts 30] [--device cpu]
 
-Two input sizes: the demo's (160 px shorter side: 256x256 padded, 1,364 anchors) and
+Two input sizes: a small one (key demo_size: 160 px shorter side, the findings scripts' size,
+256x256 padded, 1,364 anchors) and
 COCO's (1333x800: 26,257 anchors). Prints one JSON object with, per size, both times
 (median of 3 runs each), the speed-up and how many images got identical positives; and the
 peak memory of one assignment at COCO size with 100 GTs per image (measured in a fresh

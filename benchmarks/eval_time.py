@@ -7,7 +7,7 @@ The split: 5,000 synthetic 1333x800 images, 7.3 GTs per image (COCO val's mean) 
 categories, 1% of them crowd regions, 1% of the images empty; detections: 100 per image
 (jittered GTs and random boxes, random scores), as `lad eval` writes them. Scoring runs on
 the whole split; inference is timed on `--infer-images` images (decoding excluded) for two
-networks, the demo's (ResNet-18, width 64, at 160 px) and the paper's (ResNet-50, width 256,
+networks, a small one (ResNet-18, width 64, at 160 px, the findings' size) and the paper's (ResNet-50, width 256,
 at 800x1333), and scaled to the split. Prints one JSON object with the share of the eval
 spent scoring for each network and each scorer, and whether both scorers give the same
 twelve numbers.

@@ -14,6 +14,7 @@ SWITCH_RULES = ("gt-level", "iteration")  # assign/colearn.colearn_assign
 ASSIGN_FROM = ("teacher", "student")  # distill/sources.build_source
 ASSIGNERS = ("paa", "tal")  # assign/registry.ASSIGNERS
 ALIGNMENT_FROM = ("student", "teacher")  # distill/sources.build_source (TAL students)
+EXPORT_FORMATS = ("onnx", "torchscript")  # export/write.run_export
 DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N")
 VIEW_KINDS = ("orig", "flip")  # data/views.parse_views; "KIND@S" sets the shorter side S
 

@@ -46,6 +46,7 @@ def test_value_outside_its_choices_is_refused_before_any_work(synth_data, tmp_pa
 
 @pytest.mark.parametrize("args, expected", [
     (["eval", "--checkpoint", "x.pt", "--amp", "of"], "unknown --amp 'of': use auto, bf16, off; did you mean 'off'?"),
+    (["export", "--checkpoint", "x.pt", "--out", "y.onnx", "--format", "onx"], "unknown --format 'onx': use onnx, torchscript; did you mean 'onnx'?"),
     (["assign", "--teacher", "x.pt", "--views", "orig,mirror"], "unknown view 'mirror': use orig, flip, orig@SIZE or flip@SIZE"),
     (["show-assign", "--teacher", "x.pt", "--image", "1", "--out", "a.png", "--view", "flip@0"], "unknown view 'flip@0'"),
     (["teacher-train", "--out", "r", "--amps", "off"], "No such option: --amps (Possible options: --amp, --warmup)"),

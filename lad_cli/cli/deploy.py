@@ -1,9 +1,10 @@
 """lad predict, lad export, lad info: use a trained detector."""
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
+from ..choices import EXPORT_FORMATS
 from ..engine.config import PredictConfig
 from ..export.config import ExportConfig
 from .app import Amp, BatchSize, Device, Workers, app, emit_json, path_str, user_errors
@@ -42,7 +43,7 @@ def predict(
 def export(
     checkpoint: Annotated[Path, typer.Option(help="A lad checkpoint (last.pt, best.pt).")],
     out: Annotated[Path, typer.Option(help="File to write (.onnx, .pt).")],
-    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = X.format,
+    format: Annotated[Literal[EXPORT_FORMATS], typer.Option("--format", help="Graph format.")] = X.format,
     size: Annotated[Optional[tuple[int, int]], typer.Option(help="Fix the ONNX input to H W, multiples of 128 (default: any such size).")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Any multiple of 128 as input height and width (the default without --size).")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = X.opset,

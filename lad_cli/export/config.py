@@ -1,8 +1,6 @@
 """The configuration of `lad export` (plain data: the CLI imports it to show its defaults)."""
 from dataclasses import dataclass
 
-FORMATS = ("onnx", "torchscript")
-
 
 @dataclass(frozen=True)
 class ExportConfig:
