@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
+from ..choices import EXPORT_FORMATS as FORMATS
 from ..data.coco import load_split, locate_split
 from ..data.views import padded_hw
 from ..errors import LadError
 from ..model.build import load_detector
 from ..model.postprocess import InferenceParams
 from .check import check_export
-from .config import FORMATS, ExportConfig
+from .config import ExportConfig
 from .graph import INPUT_NAMES, OUTPUT_NAMES, DeployedDetector, export_metadata
 
 METADATA_KEY = "lad"  # ONNX metadata_props key / TorchScript extra file "lad.json": export_metadata's JSON
