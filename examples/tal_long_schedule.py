@@ -5,9 +5,11 @@
 At the findings' 5-epoch schedule a TAL student from scratch has barely started (its class
 target is its own alignment, near zero while its boxes are poor). This takes the teachers,
 caches and data of a finished `examples/tal_findings.py` folder and trains, for seeds 0, 1, 2,
-the PAA baseline, the TAL baseline (ATSS for its first third, as the TAL teacher) and LAD from
-the TAL teacher's cache for --epochs (default 12, the teachers' schedule). Writes
-OUT/tal_long.md and .json; --resume reuses scored runs.
+the PAA baseline, the TAL baseline (ATSS for its first third, as the TAL teacher), LAD from the
+TAL teacher's cache (class target: the student's own alignment), the same with ATSS for its
+first third, and LAD from the TAL teacher online with the teacher's alignment as target, for
+--epochs (default 12, the teachers' schedule). Writes OUT/tal_long.md and .json; --resume
+reuses scored runs.
 """
 import argparse
 import json
@@ -22,11 +24,14 @@ from tal_findings import RUNS, TALExperiment  # noqa: E402
 
 from lad_cli.errors import LadError, one_line  # noqa: E402
 
-LONG_RUNS = ("paa-baseline", "tal-baseline", "tal-lad")
+LONG_RUNS = ("paa-baseline", "tal-baseline", "tal-lad", "tal-lad-warmup", "tal-lad-teacher-target")
 LONG_ROWS = [
     Row("PAA baseline", "paa-baseline", "last.pt", None, "reference: own PAA assignment"),
     Row("TAL baseline", "tal-baseline", "last.pt", "PAA baseline", "TAL reaches at least PAA's AP"),
     Row("TAL LAD (T: TAL, cache)", "tal-lad", "last.pt", "TAL baseline", "LAD works with TAL (sec. 3)"),
+    Row("TAL LAD + ATSS warm-up", "tal-lad-warmup", "last.pt", "TAL baseline", "a LAD student needs no warm-up"),
+    Row("TAL LAD, teacher's alignment as target", "tal-lad-teacher-target", "last.pt", "TAL baseline",
+        "soft target: teacher's vs the student's own"),
 ]
 
 
@@ -56,8 +61,9 @@ class LongExperiment(TALExperiment):
     def students(self, seed: int) -> dict:
         found = {}
         for key in LONG_RUNS:
+            source = RUNS[key] if key != "tal-lad-warmup" else {**RUNS[key], "atss_epochs": self.scale.student_epochs // 3}
             config = findings_config(self.data, seed, self.scale.student_epochs, warmup=self.scale.student_warmup,
-                                     **self.with_paths(RUNS[key]))
+                                     **self.with_paths(source))
             found[key] = self.run(self.out / f"seed{seed}" / key, config, f"seed {seed} {key}")
         return found
 
@@ -71,7 +77,7 @@ def run_long(findings: Path, out: Path, epochs: int, resume: bool) -> str:
     rows = aggregate(teachers, per_seed, LONG_ROWS)
     seconds = round(time.perf_counter() - started)
     header = (f"**TAL students on a {epochs}-epoch schedule** (teachers, caches and data of {findings}; students "
-              f"ResNet-18, seeds 0, 1, 2, TAL baseline with ATSS for its first third; {seconds} s in all)")
+              f"ResNet-18, seeds 0, 1, 2, TAL baseline and LAD + warm-up with ATSS for their first third; {seconds} s in all)")
     table = render_table(rows, header, LONG_ROWS)
     (out / "tal_long.md").write_text(table + "\n")
     (out / "tal_long.json").write_text(json.dumps({"epochs": epochs, "seconds": seconds, "rows": rows}, indent=2) + "\n")
