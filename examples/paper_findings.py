@@ -264,8 +264,13 @@ def main(run=None, description: str = __doc__, default_out: str = "findings") ->
     p.add_argument("--resume", action="store_true", help="Reuse the runs already scored in --out; continue interrupted ones.")
     p.add_argument("--overwrite", action="store_true", help="Redo every run in --out.")
     args = p.parse_args()
+    print_or_exit(lambda: run(args.out, args.quick, args.resume, args.overwrite))
+
+
+def print_or_exit(produce) -> None:
+    """Print what `produce()` returns; a LadError ends the script with one line and exit code 2."""
     try:
-        print(run(args.out, args.quick, args.resume, args.overwrite))
+        print(produce())
     except LadError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)

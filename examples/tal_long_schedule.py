@@ -19,10 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from paper_findings import FULL, Row, aggregate, findings_config, render_table  # noqa: E402
+from paper_findings import FULL, Row, aggregate, findings_config, print_or_exit, render_table  # noqa: E402
 from tal_findings import RUNS, TALExperiment  # noqa: E402
 
-from lad_cli.errors import LadError, one_line  # noqa: E402
+from lad_cli.errors import LadError  # noqa: E402
 
 LONG_RUNS = ("paa-baseline", "tal-baseline", "tal-lad", "tal-lad-warmup", "tal-lad-teacher-target")
 LONG_ROWS = [
@@ -91,11 +91,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--resume", action="store_true", help="Reuse the runs already scored in --out.")
     args = p.parse_args()
-    try:
-        print(run_long(args.findings, args.out, args.epochs, args.resume))
-    except LadError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
+    print_or_exit(lambda: run_long(args.findings, args.out, args.epochs, args.resume))
 
 
 if __name__ == "__main__":
