@@ -29,6 +29,7 @@ from lad_cli.model.anchors import AnchorLayout
 from lad_cli.structures import Targets
 from tests.reference_paa import reference_assign
 from tests.reference_tal import reference_tal
+from tests.test_assign import images_of
 
 
 def make_inputs(images: int, gts: int, hw: tuple[int, int], classes: int, seed: int):
@@ -71,7 +72,7 @@ def _status_kb(field: str) -> int:
 def peak_memory(images: int, gts: int, classes: int, seed: int) -> dict:
     """In this (fresh) process: the peak resident size an assignment adds, at COCO size (Linux)."""
     anchors, counts, cls, deltas, targets = make_inputs(images, gts, (800, 1333), classes, seed)
-    paa_assign(anchors, counts, cls[:1], deltas[:1], targets.select(slice(0, 1)))  # warm-up at a small size
+    paa_assign(anchors, counts, cls[:1], deltas[:1], images_of(targets, slice(0, 1)))  # warm-up at a small size
     Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak resident size restarts from here
     before = _status_kb("VmRSS")
     paa_assign(anchors, counts, cls, deltas, targets)
@@ -89,7 +90,7 @@ def compare(images: int, gts: int, classes: int, seed: int, device: str, hw: tup
 
     dev = [t.to(device) for t in (anchors, cls, deltas)]
     dev_targets = targets.to(device)
-    paa_assign(dev[0], counts, dev[1][:1], dev[2][:1], dev_targets.select(slice(0, 1)))  # warm-up
+    paa_assign(dev[0], counts, dev[1][:1], dev[2][:1], images_of(dev_targets, slice(0, 1)))  # warm-up
     batched_s, batched = median_seconds(lambda: paa_assign(dev[0], counts, dev[1], dev[2], dev_targets), device)
     reference_s, reference = median_seconds(lambda: [reference_assign(
         anchors, counts, cls[i], deltas[i], targets.boxes[i], targets.labels[i]) for i in range(images)], device)
@@ -112,7 +113,7 @@ def compare_tal(args, hw: tuple[int, int]) -> dict:
     anchors, counts, cls, deltas, targets = make_inputs(args.images, args.gts, hw, args.classes, args.seed)
     device = torch.device(args.device)
     dev_anchors, dev_cls, dev_deltas, dev_targets = anchors.to(device), cls.to(device), deltas.to(device), targets.to(device)
-    tal_assign(dev_anchors, counts, dev_cls[:1], dev_deltas[:1], dev_targets.select(slice(0, 1)))  # warm-up
+    tal_assign(dev_anchors, counts, dev_cls[:1], dev_deltas[:1], images_of(dev_targets, slice(0, 1)))  # warm-up
     batched_s, batched = median_seconds(lambda: tal_assign(dev_anchors, counts, dev_cls, dev_deltas, dev_targets), device)
     reference_s, reference = median_seconds(lambda: [reference_tal(anchors, cls[i], deltas[i], targets.boxes[i],
                                                                    targets.labels[i]) for i in range(args.images)], device)

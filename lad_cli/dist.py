@@ -29,10 +29,6 @@ class Dist:
 
     distributed: bool = False  # launched by torchrun: a process group exists
 
-    @property
-    def active(self) -> bool:
-        return self.distributed
-
 
 def setup(device_name: str) -> Dist:
     """The process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and this
@@ -66,13 +62,13 @@ def process_mean(t: Tensor) -> Tensor:
 
 
 def barrier(ctx: Dist) -> None:
-    if ctx.active:
+    if ctx.distributed:
         torch_dist.barrier()
 
 
 def gather(ctx: Dist, obj) -> list | None:
     """Every process's `obj` on rank 0 (in rank order), None elsewhere."""
-    if not ctx.active:
+    if not ctx.distributed:
         return [obj]
     out = [None] * ctx.world if ctx.is_main else None
     torch_dist.gather_object(obj, out, dst=0)
@@ -81,7 +77,7 @@ def gather(ctx: Dist, obj) -> list | None:
 
 def broadcast(ctx: Dist, obj):
     """Rank 0's `obj` on every process."""
-    if not ctx.active:
+    if not ctx.distributed:
         return obj
     box = [obj]
     torch_dist.broadcast_object_list(box, src=0)

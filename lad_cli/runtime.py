@@ -33,7 +33,14 @@ def use_bf16(device: torch.device, amp: str = "auto") -> bool:
         return False
     if amp == "bf16" or device.type == "cuda":
         return True
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return cpu_has_bf16_units()
+
+
+def cpu_has_bf16_units() -> bool:
+    """AMX tiles or AVX512-BF16, as torch's public `torch.cpu.get_capabilities()` reports them.
+    A torch without that function (older releases) reports none: float32, which is never wrong."""
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(capabilities.get("amx_tile", False) or capabilities.get("avx512_bf16", False))
 
 
 def autocast(device: torch.device, enabled: bool = True):

@@ -56,9 +56,6 @@ class Targets:
     def pin_memory(self) -> "Targets":
         return Targets(*(t.pin_memory() for t in self.__dict__.values()))
 
-    def select(self, index: Tensor) -> "Targets":
-        return Targets(*(t[index] for t in self.__dict__.values()))
-
 
 @dataclass
 class Predictions:

@@ -125,6 +125,11 @@ def test_candidates_hand_written_matrix_with_ties():
     assert candidates(anchors, gts, PAAParams()).tolist() == [[2, 0, 1, -1, 3, 3]]
 
 
+def images_of(targets: Targets, index: slice) -> Targets:
+    """The GT of some images of a batch."""
+    return Targets(*(t[index] for t in vars(targets).values()))
+
+
 def random_batch(seed, n, max_gts, hw=(256, 256), num_classes=5):
     g = torch.Generator().manual_seed(seed)
     layout = AnchorLayout()
@@ -158,7 +163,7 @@ def test_batched_equals_one_image_at_a_time():
     anchors, counts, cls, deltas, targets = random_batch(7, n=3, max_gts=6)
     batched = paa_assign(anchors, counts, cls, deltas, targets)
     for i in range(3):
-        alone = paa_assign(anchors, counts, cls[i:i + 1], deltas[i:i + 1], targets.select(slice(i, i + 1)))
+        alone = paa_assign(anchors, counts, cls[i:i + 1], deltas[i:i + 1], images_of(targets, slice(i, i + 1)))
         assert torch.equal(batched[i:i + 1], alone)
 
 

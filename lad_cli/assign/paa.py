@@ -127,16 +127,21 @@ def pooled_topk(cost: Tensor, cands: CandidateList, num_per_level: list[int], nu
 
     cost (K,) -> costs (N, M, L x topk) float32 (+inf in empty slots, which come last) and
     anchor indices (N, M, L x topk) int64 (0 in empty slots). Ties go to the lower anchor
-    index. Sorts of the candidate list; no boolean indexing (no host sync).
+    index. Sorts of the candidate list; no boolean indexing (no host sync). A NaN cost (from
+    non-finite predictions) counts as +inf: never a positive. The loss or gradient norm of
+    those predictions is non-finite too, and the training loop's non-finite stop reports it.
     """
+    # Costs are losses (>= 0); a NaN's bits (sign set or not) would corrupt `_group_sort`'s key.
+    cost = torch.where(cost >= 0, cost, torch.inf)
     levels, width = len(num_per_level), len(num_per_level) * topk
     img, anc, gt = cands.image, cands.anchor, cands.gt
     row = img * num_gts + gt
     order, rank = _group_sort(row * levels + anchor_levels(num_per_level, cost.device)[anc], cost)
-    # The candidates beyond a level's top k sort last in their GT's row and go to a spare slot.
+    # The candidates beyond a level's top k go to a spare slot. They are grouped apart from the
+    # kept ones of their GT's row (row * 2 + 1), as a kept cost may be +inf too.
     kept = rank < topk
     pooled_cost = torch.where(kept, cost[order], torch.inf)
-    second, slot = _group_sort(row[order], pooled_cost)
+    second, slot = _group_sort(row[order] * 2 + (~kept).long(), pooled_cost)
     slot = torch.where(kept[second], slot, width)
     final = order[second]
     costs = torch.full((num_images * num_gts, width + 1), torch.inf, device=cost.device)

@@ -11,7 +11,7 @@ from ..errors import NonFiniteLoss
 from ..losses import LossWeights
 from ..runtime import autocast, console, memory_format
 from .config import TrainConfig
-from .evaluate import evaluate_sharded
+from .evaluate import ap_text, evaluate_sharded
 
 LOSS_KEYS = ("loss_cls", "loss_box", "loss_iou")
 
@@ -26,7 +26,8 @@ def train_step(models, source: AssignmentSource, batch, optimizer, params, weigh
     # A skipped batch must leave no trace, and its forward moves BatchNorm statistics. Without
     # --skip-nonfinite a non-finite loss ends the run, so the copies are not needed.
     norm_stats = [b for model in models.values() for m in model.modules()
-                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for b in m.buffers()] if skippable else []
+                  if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm)) and m.training
+                  for b in m.buffers()] if skippable else []
     norm_stats_before = [b.clone() for b in norm_stats]
     images = batch.images.contiguous(memory_format=memory_format(device))
     with autocast(device, bf16):
@@ -69,7 +70,7 @@ def validate(nets, split: CocoSplit, cfg: TrainConfig, ctx: dist.Dist, bf16: boo
                   **({} if name == "student" else {"network": name}),
                   **{k: v for k, v in m.items() if k != "per_class"}, "eval_seconds": round(time.perf_counter() - start, 2)}
         log(record)
-        console.print(f"epoch {state['epoch']} {name}: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}")
+        console.print(f"epoch {state['epoch']} {name}: AP {ap_text(m['AP'])}  AP50 {ap_text(m['AP50'])}")  # None: no GT
         result = result or m  # the student's
     return result
 

@@ -76,7 +76,7 @@ def match(a: Detections, b: Detections) -> torch.Tensor | None:
 
 def check_export(path: Path, fmt: str, net: PAADetector, ckpt: dict, split: CocoSplit) -> dict:
     """The eager network (float32) and the exported file on every image of a split: COCO
-    metrics of each, and their detections compared image by image."""
+    metrics of each (None where the split has no GT), and their detections compared image by image."""
     dataset = DetectionDataset(split, [View("orig", ckpt["size"], ckpt["max_size"], False)], net.config.layout.size_divisor)
     cpu = torch.device("cpu")
     eager = detect_with_network(net, dataset, 1, cpu)
@@ -86,6 +86,8 @@ def check_export(path: Path, fmt: str, net: PAADetector, ckpt: dict, split: Coco
     for name, found in (("eager", eager), ("exported", exported)):
         records = [r for index, det in found for r in coco_records(split.images[index].id, det, category_ids)]
         metrics[name] = {k: v for k, v in coco_metrics(split, records).items() if k in METRIC_KEYS}
-    ap_diff = abs(metrics["exported"]["AP"] - metrics["eager"]["AP"])
+    # A split without GT has no AP (None, as `lad eval` reports it); the detections are still compared.
+    aps = metrics["exported"]["AP"], metrics["eager"]["AP"]
+    ap_diff = None if None in aps else abs(aps[0] - aps[1])
     return {"annotations": str(split.ann_file), "images": len(split.images), **compare(eager, exported),
             "eager": metrics["eager"], "exported": metrics["exported"], "AP_difference": ap_diff}

@@ -9,20 +9,6 @@ STDS = (0.1, 0.1, 0.2, 0.2)
 MAX_LOG_RATIO = abs(math.log(16.0 / 1000))
 
 
-def encode(anchors: Tensor, boxes: Tensor) -> Tensor:
-    """Regression targets of `boxes` relative to `anchors`: (..., 4) x (..., 4) -> (..., 4)."""
-    aw = anchors[..., 2] - anchors[..., 0]
-    ah = anchors[..., 3] - anchors[..., 1]
-    ax = anchors[..., 0] + 0.5 * aw
-    ay = anchors[..., 1] + 0.5 * ah
-    bw = boxes[..., 2] - boxes[..., 0]
-    bh = boxes[..., 3] - boxes[..., 1]
-    bx = boxes[..., 0] + 0.5 * bw
-    by = boxes[..., 1] + 0.5 * bh
-    sx, sy, sw, sh = STDS
-    return torch.stack([(bx - ax) / aw / sx, (by - ay) / ah / sy, torch.log(bw / aw) / sw, torch.log(bh / ah) / sh], dim=-1)
-
-
 def decode(anchors: Tensor, deltas: Tensor) -> Tensor:
     """Boxes from regression deltas: (..., 4) x (..., 4) -> (..., 4), same dtype as deltas."""
     # Scalars, not a tensor of STDS: building one on CUDA would copy from the host every call.
