@@ -1,41 +1,72 @@
-"""mmdetection 3.3's TaskAlignedAssigner, ATSSAssigner and quality focal loss, loaded from
-their files: they are pure PyTorch, but importing `mmdet.models` needs mmcv's compiled ops,
-which a CPU-only `mmcv-lite` does not have. `load()` returns None when mmdet is absent
-(`pip install mmdet==3.3.0 mmengine mmcv-lite==2.1.0`); the tests using it then skip."""
-import importlib.util
-import pathlib
+"""mmdetection 3.3 as the outside reference of the tests (a test dependency: these never
+skip). Its models are pure PyTorch, but importing `mmdet.models` imports every compiled op of
+`mmcv.ops`, which the CPU-only `mmcv-lite` does not have: `import_mmdet` puts a stand-in for
+`mmcv.ops` first on the import path, whose NMS is torchvision's and whose other ops refuse to
+be built (the models compared here use none of them)."""
+import importlib.abc
+import importlib.machinery
 import sys
 import types
 from types import SimpleNamespace
 
-
-def _load(name: str, path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+import torch
+import torchvision
 
 
-def load() -> SimpleNamespace | None:
-    try:
-        import mmdet
-        from mmengine.structures import InstanceData
-    except ImportError:
+def _batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic=False):
+    """mmcv.ops.batched_nms in torchvision: the kept boxes with their scores, by descending
+    score, and their indices."""
+    iou = dict(nms_cfg).get("iou_threshold", 0.5)
+    keep = torchvision.ops.nms(boxes, scores, iou) if class_agnostic else torchvision.ops.batched_nms(boxes, scores, idxs, iou)
+    return torch.cat([boxes[keep], scores[keep, None]], -1), keep
+
+
+class _CompiledOps(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError(f"mmcv.ops.{name} is compiled; mmcv-lite has none")
+        return type(name, (), {"__init__": refuse})
+
+
+class _OpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "mmcv.ops" or fullname.startswith("mmcv.ops."):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None
-    base = pathlib.Path(mmdet.__file__).parent
-    assigners = base / "models/task_modules/assigners"
-    package = types.ModuleType("mmdet_assigners")
-    package.__path__ = [str(assigners)]
-    sys.modules.setdefault("mmdet_assigners", package)
-    overlaps = _load("mmdet_bbox_overlaps", base / "structures/bbox/bbox_overlaps.py").bbox_overlaps
-    tal = _load("mmdet_assigners.task_aligned_assigner", assigners / "task_aligned_assigner.py").TaskAlignedAssigner
-    atss = _load("mmdet_assigners.atss_assigner", assigners / "atss_assigner.py").ATSSAssigner
-    sys.modules.setdefault("mmdet.models.losses.utils", _load("mmdet_loss_utils", base / "models/losses/utils.py"))
-    qfl = _load("mmdet_gfocal_loss", base / "models/losses/gfocal_loss.py").quality_focal_loss
-    # Built without their registry (it would import mmdet.models): the attributes __init__ sets.
-    tal_assigner = object.__new__(tal)
-    tal_assigner.topk, tal_assigner.iou_calculator = 13, overlaps
-    atss_assigner = object.__new__(atss)
-    atss_assigner.topk, atss_assigner.alpha, atss_assigner.iou_calculator, atss_assigner.ignore_iof_thr = 9, None, overlaps, -1
-    return SimpleNamespace(tal=tal_assigner, atss=atss_assigner, qfl=qfl, InstanceData=InstanceData)
+
+    def create_module(self, spec):
+        module = _CompiledOps(spec.name)
+        module.__path__, module.batched_nms = [], _batched_nms
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def import_mmdet():
+    """The `mmdet` package with every module registered (`mmdet.models` importable)."""
+    if not any(isinstance(f, _OpsFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _OpsFinder())
+    import mmdet
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    return mmdet
+
+
+def load() -> SimpleNamespace:
+    """mmdetection's TaskAlignedAssigner (topk 13), ATSSAssigner (topk 9) and quality focal loss."""
+    import_mmdet()
+    from mmdet.models.losses.gfocal_loss import quality_focal_loss
+    from mmdet.models.task_modules.assigners import ATSSAssigner, TaskAlignedAssigner
+    from mmdet.structures.bbox import bbox_overlaps
+    from mmengine.structures import InstanceData
+
+    # Built as their configs build them, with mmdetection's own IoU function.
+    tal = object.__new__(TaskAlignedAssigner)
+    tal.topk, tal.iou_calculator = 13, bbox_overlaps
+    atss = object.__new__(ATSSAssigner)
+    atss.topk, atss.alpha, atss.iou_calculator, atss.ignore_iof_thr = 9, None, bbox_overlaps, -1
+    return SimpleNamespace(tal=tal, atss=atss, qfl=quality_focal_loss, InstanceData=InstanceData)

@@ -4,6 +4,8 @@ Centres sit at ((x + 0.5) * stride, (y + 0.5) * stride), not on the grid corners
 in the reference: with a padded width that is a multiple of every stride, mirroring
 the padded canvas maps the anchor grid onto itself, so a horizontal flip is an exact
 permutation of anchor indices. Order: level by level (P3 first), row-major in each.
+`centre_offset` 0 puts them on the corners, as mmdetection does: networks imported from
+its model zoo keep the layout they were trained with (`lad import`).
 """
 from dataclasses import asdict, dataclass
 from functools import lru_cache

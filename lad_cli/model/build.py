@@ -18,9 +18,10 @@ MAX_WIDTH, MAX_HEAD_DEPTH = 4096, 32
 
 
 def new_detector(arch: str, num_classes: int, width: int, head_depth: int, weights: str | None,
-                 anchor_scale: int = 8) -> PAADetector:
+                 anchor_scale: int = 8, anchor_offset: float = 0.5) -> PAADetector:
     """A fresh detector; with backbone weights, its stem is frozen and BatchNorm fixed."""
-    net = PAADetector(DetectorConfig(arch, num_classes, width, head_depth, AnchorLayout(octave_base_scale=anchor_scale)))
+    layout = AnchorLayout(octave_base_scale=anchor_scale, centre_offset=anchor_offset)
+    net = PAADetector(DetectorConfig(arch, num_classes, width, head_depth, layout))
     if weights:
         load_backbone_weights(net.backbone, arch, weights)
         net.backbone.freeze_stem()
@@ -104,3 +105,33 @@ def load_detector(path: Path) -> tuple[PAADetector, dict]:
     """The network of a checkpoint file and the checkpoint itself (categories, input size)."""
     ckpt = load_checkpoint(path)
     return build_detector(ckpt, Path(path)), ckpt
+
+
+# Layers whose outputs are one per class: a detector started on other categories re-learns them.
+CLASS_LAYERS = ("head.cls_out.",)
+
+
+def start_from(net: PAADetector, ckpt: dict, path: Path, categories: list[dict]) -> list[str]:
+    """Load the detector checkpoint `ckpt` (read from `path`) into `net` (a student or peer about to train on
+    `categories`), freezing its stem and BatchNorm as with pretrained backbone weights. Its
+    architecture, width, head depth and anchor layout must be `net`'s (a LadError names the
+    first that differs); on other categories the class layer (CLASS_LAYERS) keeps `net`'s fresh
+    initialisation. Returns the keys left at that initialisation."""
+    path = Path(path)
+    theirs, ours = DetectorConfig.from_dict(ckpt["detector"]), net.config
+    for name in ("arch", "width", "head_depth", "layout"):
+        if getattr(theirs, name) != getattr(ours, name):
+            shown = "anchor_layout" if name == "layout" else name
+            raise LadError(f"{path}: its {shown} is {_shown(getattr(theirs, name))}, the network it should start "
+                           f"is {_shown(getattr(ours, name))}")
+    state = build_detector(ckpt, path).state_dict()
+    same = [(c["id"], c["name"]) for c in ckpt["categories"]] == [(c["id"], c["name"]) for c in categories]
+    fresh = [] if same else [k for k in state if k.startswith(CLASS_LAYERS)]
+    fresh_values = net.state_dict()
+    net.load_state_dict({**state, **{k: fresh_values[k] for k in fresh}})
+    net.backbone.freeze_stem()
+    return fresh
+
+
+def _shown(value) -> str:
+    return str(value.to_dict() if isinstance(value, AnchorLayout) else value)
