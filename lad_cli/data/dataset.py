@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import LadError
 from ..structures import Targets
-from .coco import CocoSplit
+from .coco import CocoSplit, ImageRecord
 from .views import View, apply_view, padded_hw, resized_hw
 
 
@@ -26,13 +26,12 @@ class Sample:
 
 @dataclass
 class Batch:
-    """N samples of one padded shape: images (N, 3, H, W); indices, view_ids (N,) int64;
+    """N samples of one padded shape: images (N, 3, H, W); indices (N,) int64;
     image_hw: each image's unpadded size; matched_idxs (N, A) when cached."""
 
     images: Tensor
     targets: Targets
     indices: Tensor
-    view_ids: Tensor
     image_hw: list[tuple[int, int]]
     matched_idxs: Tensor | None = None
 
@@ -42,23 +41,68 @@ class Batch:
 
     def pin_memory(self) -> "Batch":
         return Batch(self.images.pin_memory(), self.targets.pin_memory(),
-                     self.indices, self.view_ids, self.image_hw,
+                     self.indices, self.image_hw,
                      None if self.matched_idxs is None else self.matched_idxs.pin_memory())
 
     def to(self, device: torch.device) -> "Batch":
         nb = device.type == "cuda"
-        return Batch(self.images.to(device, non_blocking=nb), self.targets.to(device, nb), self.indices, self.view_ids,
-                     self.image_hw, None if self.matched_idxs is None else self.matched_idxs.to(device, non_blocking=nb))
+        return Batch(self.images.to(device, non_blocking=nb), self.targets.to(device, nb), self.indices, self.image_hw,
+                     None if self.matched_idxs is None else self.matched_idxs.to(device, non_blocking=nb))
+
+
+# PIL's integer grey modes wider than 8 bits: 16-bit PNGs and TIFFs (I;16*), and "I" (32-bit),
+# which older Pillows give 16-bit PNGs; PIL's own convert("RGB") saturates them to white.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def decode_image(path: Path, where: str = "") -> Tensor:
     """uint8 (3, H, W) RGB: the stored pixels (no EXIF rotation, as COCO's own tools), grey,
-    palette and RGBA images converted. An unreadable file is a LadError naming it."""
+    palette and RGBA images converted, 16-bit grey scaled to 8 bits. The one place images
+    are decoded (training, eval, assign, predict, drawings). An unreadable file, or one over
+    PIL's decompression-bomb limit, is a LadError naming it."""
     try:
         with Image.open(path) as im:
-            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+            return torch.from_numpy(_rgb_pixels(im)).permute(2, 0, 1)
+    except Image.DecompressionBombError:
+        raise LadError(bomb_message(path) + where) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise LadError(f"{path}: unreadable image{where}") from None
+
+
+def bomb_message(path: Path) -> str:
+    return (f"{path}: image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels, PIL's decompression-bomb limit "
+            "(twice PIL.Image.MAX_IMAGE_PIXELS); downscale it")
+
+
+def _rgb_pixels(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8. 16-bit grey keeps its contrast with one fixed scale, the top 8 of its
+    16 bits, as torchvision's uint16 -> uint8 conversion and OpenCV's 8-bit reading do:
+    the same stored value gives the same pixel in every image (a per-image stretch would not)."""
+    if im.mode not in WIDE_GREY_MODES:
+        return np.array(im.convert("RGB"))
+    grey = (np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def size_mismatch(split: CocoSplit, rec: ImageRecord, width: int, height: int) -> LadError:
+    return LadError(f"{rec.path}: image is {width}x{height} but {split.ann_file.name} says {rec.width}x{rec.height} "
+                    f"(image id {rec.id})")
+
+
+def check_image_files(split: CocoSplit) -> None:
+    """Every image of the split opens and has the size its annotation says, read from the
+    file's header (nothing is decoded), so that a bad image stops a run before its first
+    step rather than when an epoch or a validation reaches it."""
+    for rec in split.images:
+        try:
+            with Image.open(rec.path) as im:
+                width, height = im.size
+        except Image.DecompressionBombError:
+            raise LadError(bomb_message(rec.path) + f" (image id {rec.id})") from None
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise LadError(f"{rec.path}: unreadable image (image id {rec.id})") from None
+        if (height, width) != (rec.height, rec.width):
+            raise size_mismatch(split, rec, width, height)
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -92,8 +136,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         rec = self.split.images[index]
         image = decode_image(rec.path, f" (image id {rec.id})")
         if tuple(image.shape[-2:]) != (rec.height, rec.width):
-            raise LadError(f"{rec.path}: image is {image.shape[-1]}x{image.shape[-2]} but "
-                           f"{self.split.ann_file.name} says {rec.width}x{rec.height} (image id {rec.id})")
+            raise size_mismatch(self.split, rec, image.shape[-1], image.shape[-2])
         return image
 
     def __getitem__(self, key: tuple[int, int]) -> Sample:
@@ -115,7 +158,6 @@ def collate(samples: list[Sample], size_divisor: int) -> Batch:
         images=images,
         targets=Targets.from_lists([s.boxes for s in samples], [s.labels for s in samples], [s.crowd for s in samples]),
         indices=torch.tensor([s.index for s in samples]),
-        view_ids=torch.tensor([s.view_id for s in samples]),
         image_hw=[tuple(s.image.shape[1:]) for s in samples],
         matched_idxs=None if cached[0] is None else torch.stack(cached),
     )

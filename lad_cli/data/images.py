@@ -9,7 +9,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import LadError
-from .dataset import Sample, decode_image
+from ..outputs import is_predict_folder
+from ..runtime import console
+from .dataset import Sample, bomb_message, decode_image
 from .views import View, apply_view, padded_hw, resized_hw
 
 # What a folder or a pattern counts as images; a file named on its own may be any format PIL reads.
@@ -41,15 +43,40 @@ def find_images(sources: list[str]) -> list[ImageFile]:
         elif glob.has_magic(source):
             files = sorted(Path(p) for p in glob.glob(source, recursive=True))
             files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            root = _pattern_root(source)
+            files = _outside_predict_outputs(files, root, source)
             if not files:
                 raise LadError(f"{source}: the pattern matches no image")
-            root = _pattern_root(source)
             named = [(p, str(p.relative_to(root)) if p.is_relative_to(root) else p.name) for p in files]
         else:
             raise LadError(f"{source}: no such file or folder")
         for p, name in named:
             found.setdefault(p.resolve(), (p, name))
     return [_image_file(p, name) for p, name in found.values()]
+
+
+def _outside_predict_outputs(files: list[Path], root: Path, source: str) -> list[Path]:
+    """The files not inside a `lad predict` output folder below the pattern's root (its
+    drawings, read back by a recursive pattern over the folder it was written into); one
+    line says how many were left out. A pattern rooted in such a folder takes it as asked."""
+    known: dict[Path, bool] = {}
+
+    def inside(path: Path) -> bool:
+        for folder in path.parents:
+            if folder == root or not folder.is_relative_to(root):
+                return False
+            if folder not in known:
+                known[folder] = is_predict_folder(folder)
+            if known[folder]:
+                return True
+        return False
+
+    kept = [p for p in files if not inside(p)]
+    if len(kept) < len(files):
+        folders = sorted(str(f) for f, own in known.items() if own)
+        console.print(f"{source}: {len(files) - len(kept)} image(s) in lad predict output folders left out "
+                      f"({', '.join(folders)})", markup=False, emoji=False, soft_wrap=True)
+    return kept
 
 
 def _pattern_root(pattern: str) -> Path:
@@ -63,6 +90,8 @@ def _image_file(path: Path, name: str) -> ImageFile:
     try:
         with Image.open(path) as im:  # reads the header only
             width, height = im.size
+    except Image.DecompressionBombError:
+        raise LadError(bomb_message(path)) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise LadError(f"{path}: not a readable image") from None
     return ImageFile(path, name, width, height)

@@ -73,12 +73,13 @@ def _find_image(split: CocoSplit, image_id: int) -> int:
 
 
 def collect(teacher_path: Path, student_path: Path | None, data, split_name: str, ann, images, image_id: int,
-            view_name: str, device_name: str, amp: str = "auto", params: PAAParams = PAAParams()) -> Scene:
+            view_name: str, device_name: str, amp: str = "auto", params: PAAParams = PAAParams(),
+            strict_boxes: bool = False) -> Scene:
     """Run the teacher (and the student) on one (image, view) and gather what the figure shows."""
     device = resolve_device(device_name)
     bf16 = use_bf16(device, amp)
     teacher = Teacher(teacher_path, device, bf16)
-    split = load_split(*locate_split(data, split_name, ann, images))
+    split = load_split(*locate_split(data, split_name, ann, images), strict_boxes=strict_boxes)
     teacher.check_data(split)
     networks = [("teacher", teacher)]
     if student_path is not None:
@@ -213,8 +214,8 @@ def summary(scene: Scene, out: Path) -> dict:
 
 
 def run_show_assign(*, teacher: Path, student: Path | None, data, split: str, ann, images, image_id: int, view: str,
-                    out: Path, device: str, amp: str = "auto") -> dict:
-    scene = collect(teacher, student, data, split, ann, images, image_id, view, device, amp)
+                    out: Path, device: str, amp: str = "auto", strict_boxes: bool = False) -> dict:
+    scene = collect(teacher, student, data, split, ann, images, image_id, view, device, amp, strict_boxes=strict_boxes)
     fig, _ = render(scene)
     save_png(fig, out)
     return summary(scene, out)
