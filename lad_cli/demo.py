@@ -17,6 +17,7 @@ from .engine.config import EvalConfig, PredictConfig, TrainConfig
 from .engine.evaluate import format_rows, run_eval
 from .engine.loop import train
 from .engine.predict import run_predict
+from .outputs import write_text
 from .runtime import console, resolve_device, use_bf16
 from .viz.detections import draw_detections
 
@@ -93,7 +94,7 @@ def run_demo(out: Path, overwrite: bool = False, amp: str = "auto") -> str:
     rows.update(train_students(out, data, cache, 0, overwrite, seconds, amp))
     pictures = show_predictions(out, data, overwrite, seconds, amp)
     total = round(time.perf_counter() - started, 1)
-    (out / "results.json").write_text(json.dumps({"metrics": rows, "seconds": seconds, "total_seconds": total,
+    write_text(out / "results.json", json.dumps({"metrics": rows, "seconds": seconds, "total_seconds": total,
                                                   "bf16": bf16, "pictures": str(pictures)}, indent=2) + "\n")
     return format_results(rows, seconds, total, bf16, pictures)
 

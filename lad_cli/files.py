@@ -1,6 +1,5 @@
-"""Files read and written safely: torch files loaded without running code, renames that
-survive a power cut."""
-import os
+"""Torch files read safely: loaded without running code, refused when they hold NaN or inf.
+(Writing is `lad_cli.outputs`.)"""
 import re
 from pathlib import Path
 
@@ -44,20 +43,3 @@ def non_finite(obj) -> str | None:
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
         stack += reversed([(f"{where}.{key}" if where else str(key), item) for key, item in items])
     return None
-
-
-def replace_durably(src: Path, dst: Path) -> None:
-    """os.replace(src, dst), then fsync of dst's folder: the rename is atomic, and only the
-    folder's fsync makes it survive a power cut (else the old name may come back)."""
-    os.replace(src, dst)
-    fsync_dir(Path(dst).parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    if os.name == "nt":  # folders cannot be opened for fsync there; NTFS journals renames
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from lad_cli.distill.cache.build import open_or_create
 from lad_cli.distill.cache.store import AssignmentCache, Provenance
 from lad_cli.engine.checkpoint import save_atomic
 from lad_cli.engine.run_dir import MetricsLog, write_config
+from lad_cli.outputs import CACHE, claim
 
 
 @pytest.fixture
@@ -54,5 +56,7 @@ def test_metrics_file_cut_back_on_resume_and_config(tmp_path, syscalls):
 
 def test_new_store(tmp_path, syscalls):
     provenance = Provenance("t" * 64, "a" * 64, [{"name": "orig"}], {"strides": [8]}, {"topk": 9}, [{"id": 1, "name": "x"}])
-    AssignmentCache.create(tmp_path / "c.zarr", provenance, [1, 2], np.full((2, 2), 128), 10, 1)
+    with claim(tmp_path / "c.zarr", CACHE, overwrite=False) as new:
+        open_or_create(new, provenance, [1, 2], np.full((2, 2), 128), 10, 1, resume=False)
     assert_folder_fsynced_after_rename(syscalls, tmp_path / "c.zarr")
+    assert AssignmentCache.open(tmp_path / "c.zarr").num_entries == 2

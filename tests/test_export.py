@@ -100,7 +100,7 @@ def test_fixed_size_onnx_and_refusals(teacher, tmp_path):
     graph = onnx.load(str(tmp_path / "f.onnx")).graph
     assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 3, 128, 256]
     cases = [
-        (["--out", tmp_path / "f.onnx"], "already exists; pass --overwrite"),
+        (["--out", tmp_path / "f.onnx"], "an exported model is already there; pass --overwrite"),
         (["--out", tmp_path / "g.onnx", "--size", "100", "128"], "multiples of 128"),
         (["--out", tmp_path / "g.onnx", "--size", "128", "128", "--dynamic"], "--size and --dynamic exclude each other"),
         (["--out", tmp_path / "g.tflite", "--format", "tflite"], "unknown --format 'tflite'"),
@@ -108,7 +108,7 @@ def test_fixed_size_onnx_and_refusals(teacher, tmp_path):
     for args, message in cases:
         result = invoke("export", "--checkpoint", teacher, *args)
         assert result.exit_code == 2 and message in result.stderr, result.output
-    assert not (tmp_path / "g.onnx").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "g.onnx").exists() and not list(tmp_path.glob(".*"))  # no temp, lock or staging file
     again = invoke("export", "--checkpoint", teacher, "--out", tmp_path / "f.onnx", "--overwrite")  # now any size
     assert again.exit_code == 0 and json.loads(again.stdout)["inputs"]["image"] == [1, 3, "H", "W"], again.output
     assert onnx.load(str(tmp_path / "f.onnx")).graph.input[0].type.tensor_type.shape.dim[2].dim_param == "height"

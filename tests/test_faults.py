@@ -179,7 +179,7 @@ def test_killed_training_resumes_to_the_same_weights(synth_data, reference_run, 
     result = invoke("teacher-train", "--out", run, "--resume", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert_same_training_state(run, reference_run)
-    assert not list(run.glob(".*.tmp"))
+    assert not list(run.glob(".*.partial"))
 
 
 class DiskFullAfter(io.RawIOBase):
@@ -334,7 +334,7 @@ def test_read_only_output_folder(teacher, synth_data, tmp_path):
         line = error_line(invoke("teacher-train", "--data", synth_data, "--out", locked / "run", *TINY))
         assert line == f"error: {locked / 'run'}: cannot write the run folder (Permission denied)"
         line = error_line(invoke(*assign_args(teacher, synth_data, locked / "c.zarr")))
-        assert line == f"error: {locked / 'c.zarr'}: cannot create the cache (Permission denied)"
+        assert line == f"error: {locked / 'c.zarr'}: cannot write the cache (Permission denied)"
     finally:
         locked.chmod(0o755)
 

@@ -91,15 +91,16 @@ def test_predict_refuses_bad_sources_and_writes_nothing(teacher, tmp_path, make,
 
 
 def test_predict_keeps_an_existing_output_without_overwrite(teacher, synth_data, tmp_path):
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "mine.txt").write_text("keep")
-    args = ["predict", synth_data / "images" / "val" / "000001.png", "--checkpoint", teacher, "--out", tmp_path / "p", "--device", "cpu"]
-    result = invoke(*args)
-    assert result.exit_code == 2 and "already exists; pass --overwrite" in result.stderr
-    assert (tmp_path / "p" / "mine.txt").read_text() == "keep"
-    assert invoke(*args, "--overwrite").exit_code == 0
-    assert not (tmp_path / "p" / "mine.txt").exists() and (tmp_path / "p" / "predictions.json").is_file()
-    assert not list(tmp_path.glob(".p*"))  # no staging or replaced folder left behind
+    args = ["predict", synth_data / "images" / "val" / "000001.png", "--checkpoint", teacher, "--out", tmp_path / "p",
+            "--device", "cpu"]
+    assert invoke(*args).exit_code == 0
+    before = (tmp_path / "p" / "predictions.json").read_bytes()
+    result = invoke(*args, "--score-thr", "0.9")
+    assert result.exit_code == 2 and "a predict folder is already there; pass --overwrite" in result.stderr
+    assert (tmp_path / "p" / "predictions.json").read_bytes() == before
+    assert invoke(*args, "--score-thr", "0.9", "--overwrite").exit_code == 0
+    assert json.loads((tmp_path / "p" / "predictions.json").read_text())["score_threshold"] == 0.9
+    assert not list(tmp_path.glob(".p*"))  # no staging, replaced or lock file left behind
 
 
 def test_predict_under_torchrun_gives_what_one_process_gives(teacher, synth_data, tmp_path):

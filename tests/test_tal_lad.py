@@ -71,7 +71,7 @@ def test_assign_with_another_assigner_than_the_teachers(tal_teacher, synth_data,
     stats = invoke("assign", "--teacher", tal_teacher, "--data", synth_data, "--device", "cpu")
     assert stats.exit_code == 0 and json.loads(stats.stdout)["candidates_per_gt"] is None  # TAL has no static candidates
     bad = invoke("assign", "--teacher", tal_teacher, "--data", synth_data, "--assigner", "tall", "--device", "cpu")
-    assert bad.exit_code == 2 and "unknown assigner 'tall'" in bad.stderr
+    assert bad.exit_code == 2 and "unknown --assigner 'tall': use paa, tal; did you mean 'tal'?" in bad.stderr
 
 
 @pytest.mark.parametrize("args, message", [

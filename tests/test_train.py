@@ -42,7 +42,7 @@ def test_run_folder_contents(trained):
     for name in ("last.pt", "best.pt"):
         ckpt = load_checkpoint(out / name)
         assert ckpt["detector"]["arch"] == "resnet18" and [c["id"] for c in ckpt["categories"]] == [1, 2, 4, 5, 7, 9]
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.partial"))
 
 
 def test_existing_run_is_not_overwritten(trained, synth_data):

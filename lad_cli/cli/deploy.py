@@ -4,10 +4,10 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from ..choices import EXPORT_FORMATS
+from ..choices import EXPORT_FORMATS, INPUT_SIDES
 from ..engine.config import PredictConfig
 from ..export.config import ExportConfig
-from .app import Amp, BatchSize, Device, Workers, app, emit_json, path_str, user_errors
+from .app import Amp, BatchSize, Device, Workers, app, check_max_size, check_size, emit_json, path_str, user_errors
 
 P, X = PredictConfig, ExportConfig  # their field defaults are the options' defaults
 
@@ -20,11 +20,11 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder: predictions.json, and images/ with --save-images.")],
     score_thr: Annotated[float, typer.Option(min=0, help="Keep detections scoring at least this.")] = P.score_thr,
     max_det: Annotated[int, typer.Option(min=1, help="Detections per image at most (lad eval keeps 100).")] = P.max_det,
-    size: Annotated[Optional[int], typer.Option(min=32, help="Shorter side (default: the checkpoint's).")] = None,
-    max_size: Annotated[Optional[int], typer.Option(min=32, help="Longer-side cap (default: the checkpoint's).")] = None,
+    size: Annotated[Optional[int], typer.Option(callback=check_size, help=f"Shorter side, {INPUT_SIDES[0]} to {INPUT_SIDES[1]} (default: the checkpoint's).")] = None,
+    max_size: Annotated[Optional[int], typer.Option(callback=check_max_size, help=f"Longer-side cap, {INPUT_SIDES[0]} to {INPUT_SIDES[1]} (default: the checkpoint's).")] = None,
     save_images: Annotated[bool, typer.Option("--save-images", help="Also draw each image with its detections into OUT/images/.")] = False,
     batch: BatchSize = P.batch, device: Device = P.device, amp: Amp = P.amp, workers: Workers = P.workers,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a predict folder lad wrote there before (written beside it, swapped in when complete).")] = False,
 ) -> None:
     """Detect objects in images without annotations: COCO-format results with file names and sizes."""
     from ..engine.predict import run_predict
@@ -49,7 +49,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = X.opset,
     check: Annotated[Optional[Path], typer.Option(help="Dataset folder: score the exported file and the eager model on its split, compare their detections.")] = None,
     check_split: Annotated[str, typer.Option(help="Split for --check.")] = X.check_split,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a file lad export wrote there before.")] = False,
 ) -> None:
     """Export a detector (network, box decoding, class-wise NMS, score voting) as one ONNX or TorchScript graph."""
     from ..errors import LadError

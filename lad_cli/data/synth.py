@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..outputs import DATASET_MARK
+
 # Non-contiguous ids on purpose: consumers must map category ids to class indices.
 CATEGORIES: list[dict] = [
     {"id": cid, "name": name, "supercategory": "shape"}
@@ -292,7 +294,8 @@ def write_split(out: Path, split: str, split_code: int, n: int, seed: int,
         if on_image:
             on_image()
     (out / "annotations").mkdir(parents=True, exist_ok=True)
-    coco = {"images": images, "annotations": annotations, "categories": CATEGORIES}
+    coco = {"info": {"description": DATASET_MARK, "seed": seed}, "images": images, "annotations": annotations,
+            "categories": CATEGORIES}
     (out / "annotations" / f"{split}.json").write_text(json.dumps(coco))
     return len(annotations)
 

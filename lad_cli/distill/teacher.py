@@ -1,4 +1,6 @@
 """A frozen teacher and the canonical assignment of an (image, view)."""
+import contextlib
+import platform
 from pathlib import Path
 
 import torch
@@ -61,6 +63,57 @@ class Teacher:
     def assign(self, batch: Batch, assigner: Assigner | None = None) -> tuple[Tensor, Predictions]:
         """matched_idxs (N, A) of the batch (on the teacher's device) and the teacher's outputs;
         by the teacher's own assigner unless another is given."""
-        pred = self.predict(batch.images)
-        anchors, counts = self.model.anchors(batch.padded_hw, self.device)
-        return (assigner or self.assigner).assign(anchors, counts, pred, batch.targets), pred
+        with deterministic_cuda(self.device):
+            pred = self.predict(batch.images)
+            anchors, counts = self.model.anchors(batch.padded_hw, self.device)
+            return (assigner or self.assigner).assign(anchors, counts, pred, batch.targets), pred
+
+    def numerics(self) -> dict:
+        """What decides the bits of this teacher's outputs besides its file and the data (the
+        store records it; README "Cache format" says when two stores are bit-identical): the
+        device type and model, torch's intra-op thread count (CPU convolutions sum in another
+        order with another count), torch's version and the precision; on CUDA also the CUDA and
+        cuDNN versions and the kernel settings of `deterministic_cuda`."""
+        record = {"device": self.device.type, "device_name": device_name(self.device),
+                  "threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "precision": "bf16" if self.bf16 else "float32"}
+        if self.device.type == "cuda":
+            record.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), **CUDA_KERNELS)
+        return record
+
+
+# The teacher pass on CUDA: cuDNN's deterministic algorithms, no autotuning (benchmark mode
+# picks kernels by timing, so the kernel, and its last bits, can change from run to run), no
+# TF32 (float32 convolutions and matmuls at full precision). Not torch.use_deterministic_algorithms:
+# it is process-wide, needs CUBLAS_WORKSPACE_CONFIG before CUDA starts, and raises on ops
+# without a deterministic kernel, which an online-LAD student's own step may use.
+CUDA_KERNELS = {"cudnn_deterministic": True, "cudnn_benchmark": False, "tf32": False, "deterministic_algorithms": False}
+
+
+@contextlib.contextmanager
+def deterministic_cuda(device: torch.device):
+    """CUDA_KERNELS for the teacher pass, the previous settings restored after (an online-LAD
+    student keeps its own); nothing on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def device_name(device: torch.device) -> str:
+    """The CUDA device's name, or the CPU's model name (Linux: /proc/cpuinfo)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

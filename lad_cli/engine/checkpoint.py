@@ -1,42 +1,22 @@
 """Training checkpoints, written atomically (reading them back is `model.build`)."""
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..assign.registry import ASSIGNERS
 from ..data.coco import CocoSplit
-from ..errors import LadError
-from ..files import replace_durably
 from ..model.build import CHECKPOINT_FORMAT
 from ..model.detector import PAADetector
-
-TEMP_GLOB = ".*.tmp"  # save_atomic's temp files; a kill during a save leaves one behind
+from ..outputs import write_file
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, rename, fsync the folder: a kill, a
-    power cut or a full disk leaves the old file. A write error (ENOSPC, read-only folder) is
-    a LadError."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+    """A checkpoint written whole or not at all (`outputs.write_file`): a kill, a power cut or
+    a full disk leaves the old file; a write error (ENOSPC, read-only folder) is a LadError."""
+    def write(partial: Path) -> None:
+        with open(partial, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        replace_durably(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        # torch.save reports its writer's OSError as a RuntimeError whose context is the OSError
-        cause = next((e for e in (exc, exc.__context__) if isinstance(e, OSError)), None)
-        if cause is None:
-            raise
-        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
-        raise LadError(f"{path}: cannot write the checkpoint ({cause.strerror or cause}); {kept}") from None
+    write_file(Path(path), write, "the checkpoint")
 
 
 def model_checkpoint(net: PAADetector, split: CocoSplit, cfg, training: dict | None = None) -> dict:

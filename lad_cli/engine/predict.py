@@ -2,18 +2,20 @@
 of `lad eval` (`engine.inference`: the same view, batching, network and post-processing),
 then a score threshold. The output folder is written whole or not at all."""
 import json
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 from .. import dist
+from ..data.coco import category_keys
 from ..data.images import ImageFile, ImageFolder, find_images
 from ..data.views import View
 from ..errors import LadError
 from ..model.build import load_detector
 from ..model.postprocess import InferenceParams
+from ..outputs import PREDICTIONS, write_text
+from ..outputs import claim as claim_output
 from ..progress import progress_bar
 from ..runtime import use_bf16
 from .config import PredictConfig
@@ -35,8 +37,12 @@ def run_predict(cfg: PredictConfig, draw: Draw | None = None) -> dict | None:
     model = model.to(ctx.device)
     images = find_images(list(cfg.sources))
     view = View("orig", cfg.size or ckpt["size"], cfg.max_size or ckpt["max_size"], False)
-    out = Path(cfg.out)
-    staging = dist.on_main(ctx, lambda: _staging_folder(out, cfg.overwrite))
+    out, claims = Path(cfg.out), []
+
+    def claim_folder() -> Path:  # the output is written beside and renamed into place when whole
+        claims.append(claim_output(out, PREDICTIONS, cfg.overwrite, predict_inputs(cfg, images)))
+        return claims[-1].where
+    staging = dist.on_main(ctx, claim_folder)
     try:
         dataset = ImageFolder(images, view, model.config.layout.size_divisor)
         start = time.perf_counter()
@@ -56,16 +62,15 @@ def run_predict(cfg: PredictConfig, draw: Draw | None = None) -> dict | None:
                "detections": [r for rs in records for r in rs]}
         if draw is not None:
             _save_drawings(staging, images, records, categories, draw, doc["images"])
-        _write(staging / "predictions.json", json.dumps(doc))
-        _publish(staging, out)
-    except BaseException:
-        if staging is not None and ctx.is_main:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    names = {c["id"]: c["name"] for c in categories}
-    per_class = Counter(names[r["category_id"]] for r in doc["detections"])
+        write_text(staging / "predictions.json", json.dumps(doc))
+        claims[0].commit()
+    finally:
+        for claim in claims:
+            claim.release()
+    per_class = Counter(r["category_id"] for r in doc["detections"])
+    keys = category_keys(categories)  # by name, "name (id N)" where names collide: never merged
     return {"out": str(out), "images": len(images), "detections": len(doc["detections"]),
-            "per_class": {c["name"]: per_class.get(c["name"], 0) for c in categories},
+            "per_class": {keys[c["id"]]: per_class.get(c["id"], 0) for c in categories},
             "score_threshold": cfg.score_thr, "seconds": round(seconds, 2),
             "images_per_second": round(len(images) / max(seconds, 1e-9), 2), "device": str(ctx.device),
             "processes": ctx.world, **({"drawn": str(out / "images")} if draw is not None else {})}
@@ -75,17 +80,11 @@ def _image_entry(index: int, image: ImageFile) -> dict:
     return {"id": index, "file_name": image.name, "path": str(image.path), "width": image.width, "height": image.height}
 
 
-def _staging_folder(out: Path, overwrite: bool) -> Path:
-    """A fresh sibling folder to write into, once `out` may be (re)placed."""
-    if out.exists() and not overwrite:
-        raise LadError(f"{out}: already exists; pass --overwrite to replace it")
-    staging = out.with_name(f".{out.name}.partial")
-    try:
-        shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
-        staging.mkdir(parents=True)
-    except OSError as exc:
-        raise LadError(f"{out}: cannot write the output folder ({exc.strerror})") from None
-    return staging
+def predict_inputs(cfg: PredictConfig, images: list[ImageFile]) -> list:
+    """What predict reads, which its output folder may not be, hold or lie in: the image
+    files, the folders given as sources, the checkpoint."""
+    folders = [source for source in cfg.sources if Path(source).is_dir()]
+    return [cfg.checkpoint, *folders, *(image.path for image in images)]
 
 
 def _save_drawings(staging: Path, images: list[ImageFile], records: list[list[dict]], categories: list[dict],
@@ -106,27 +105,3 @@ def _save_drawings(staging: Path, images: list[ImageFile], records: list[list[di
         except OSError as exc:
             raise LadError(f"{target}: cannot write ({exc.strerror or exc})") from None
         entry["drawn"] = str(Path("images") / name)
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text)
-    except OSError as exc:
-        raise LadError(f"{path}: cannot write ({exc.strerror})") from None
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Rename the finished folder into place; a replaced output is moved aside first and
-    removed once the new one is there."""
-    old = out.with_name(f".{out.name}.replaced")
-    try:
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-    except OSError as exc:
-        raise LadError(f"{out}: cannot write the output folder ({exc.strerror})") from None
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)

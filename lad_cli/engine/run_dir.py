@@ -1,50 +1,37 @@
 """The run folder: config.json, metrics.jsonl, last.pt, best.pt (and the peer's in co-learning)."""
 import json
-import shutil
 from pathlib import Path
 
 from ..errors import LadError
-from ..files import replace_durably
-from .checkpoint import TEMP_GLOB
+from ..outputs import RUN_FOLDER, Claim, is_run_folder, replace_durably, write_text
+from ..outputs import claim as claim_output
 
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "peer_last.pt", "peer_best.pt")
 CHECKPOINTS = ("last.pt", "best.pt", "peer_last.pt", "peer_best.pt")
 
 
-def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
-    """Refuse to clobber a run silently: an existing run needs --resume or --overwrite.
-
-    A run exists once it saved a checkpoint or logged a step; a folder holding only the
-    config.json of a start that failed (a bad option, bad data) is reused."""
+def prepare(out: Path, resume: bool, overwrite: bool, inputs=()) -> Claim:
+    """The run folder claimed for this run (`outputs.claim`): a new one is written in place;
+    a run replaced with --overwrite is trained beside it and swapped in when it ends (a
+    failed or killed run leaves the old one whole); --resume continues the run in place, or
+    the replacement a kill interrupted. A folder holding only the config.json of a start
+    that failed (a bad option, bad data) is replaced without --overwrite."""
     out = Path(out)
     if resume and overwrite:
         raise LadError("--resume and --overwrite exclude each other")
+    failed_start = is_run_folder(out) and not _has_run_data(out)
+    claim = claim_output(out, RUN_FOLDER, overwrite or failed_start, inputs, resume=resume, stage_new=False,
+                         hint="--resume to continue it or ")
+    if resume and not (claim.where / "last.pt").is_file():
+        claim.release()
+        raise LadError(f"{out}: nothing to resume (no last.pt)")
+    for leftover in claim.where.glob(".*.partial"):  # a save that a kill interrupted
+        leftover.unlink(missing_ok=True)
+    return claim
+
+
+def _has_run_data(out: Path) -> bool:
     metrics = out / "metrics.jsonl"
-    existing = out.is_dir() and (any((out / f).exists() for f in CHECKPOINTS)
-                                 or (metrics.exists() and metrics.stat().st_size > 0))
-    if resume:
-        if not (out / "last.pt").is_file():
-            raise LadError(f"{out}: nothing to resume (no last.pt)")
-        for leftover in out.glob(TEMP_GLOB):  # a save that a kill interrupted
-            leftover.unlink(missing_ok=True)
-        return out
-    if existing and not overwrite:
-        raise LadError(f"{out}: a run is already there; pass --resume to continue it or --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise LadError(f"{out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for target in [*(out / name for name in RUN_FILES), *out.glob(TEMP_GLOB)]:
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise LadError(f"{out}: cannot write the run folder ({exc.strerror})") from None
-    return out
+    return any((out / f).exists() for f in CHECKPOINTS) or (metrics.exists() and metrics.stat().st_size > 0)
 
 
 def read_config(out: Path) -> dict | None:
@@ -63,33 +50,46 @@ def read_config(out: Path) -> dict | None:
 
 
 def write_config(out: Path, config: dict) -> None:
-    """config.json, written to a temp file and renamed, so that it is whole or absent."""
-    path = Path(out) / "config.json"
-    staged = path.with_name(f".{path.name}.tmp")
-    try:
-        staged.write_text(json.dumps(config, indent=2) + "\n")
-        replace_durably(staged, path)
-    except OSError as exc:
-        raise LadError(f"{path}: cannot write ({exc.strerror})") from None
+    """config.json, whole or absent (`outputs.write_text`)."""
+    write_text(Path(out) / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 class MetricsLog:
     """metrics.jsonl: one JSON object per logged step and per epoch, flushed as written."""
 
     def __init__(self, path: Path, keep_lines: int | None = None):
-        """keep_lines: on resume, the line count the checkpoint saw; later lines are logged again."""
+        """keep_lines: on resume, the line count the checkpoint saw: the log is cut back to
+        them (later lines are logged again). A log cut short or ending mid-line (a power cut)
+        keeps its whole records up to the first broken one; `lost` counts the lines the
+        checkpoint saw that are gone (they cannot be logged again)."""
         self.path = Path(path)
-        self.lines = 0
+        self.lines, self.lost = 0, 0
         try:
-            if keep_lines is not None and self.path.exists():
-                kept = self.path.read_text().splitlines()[:keep_lines]
+            if keep_lines is not None:
+                kept = self.whole_records(self.path.read_bytes() if self.path.exists() else b"")[:keep_lines]
                 staged = self.path.with_name(f".{self.path.name}.resume.tmp")  # a kill here keeps the old log
                 staged.write_text("".join(line + "\n" for line in kept))
                 replace_durably(staged, self.path)
-                self.lines = len(kept)
+                self.lines, self.lost = len(kept), keep_lines - len(kept)
             self.file = open(self.path, "a")
         except OSError as exc:
             raise LadError(f"{self.path}: cannot write ({exc.strerror})") from None
+
+    @staticmethod
+    def whole_records(data: bytes) -> list[str]:
+        """The leading lines that are whole JSON objects, up to the first that is not (a line
+        cut mid-way, or the zeros a power cut can leave at the end of a file)."""
+        records = []
+        for raw in data.split(b"\n"):
+            try:
+                line = raw.decode()
+                whole = isinstance(json.loads(line), dict)
+            except ValueError:  # json's JSONDecodeError, UnicodeDecodeError
+                whole = False
+            if not whole:
+                break
+            records.append(line)
+        return records
 
     def write(self, record: dict) -> None:
         try:

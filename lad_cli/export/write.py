@@ -1,10 +1,9 @@
 """`lad export`: trace the deployed graph and write it as ONNX or TorchScript, whole or not at all."""
 import contextlib
 import json
-import os
-import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -15,6 +14,8 @@ from ..data.views import padded_hw
 from ..errors import LadError
 from ..model.build import load_detector
 from ..model.postprocess import InferenceParams
+from ..outputs import Kind, write_file
+from ..outputs import claim as claim_output
 from .check import check_export
 from .config import ExportConfig
 from .graph import INPUT_NAMES, OUTPUT_NAMES, DeployedDetector, export_metadata
@@ -33,8 +34,11 @@ def run_export(cfg: ExportConfig) -> dict:
     if cfg.opset < MIN_OPSET:
         raise LadError(f"--opset {cfg.opset}: lad graphs need opset {MIN_OPSET} or later")
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise LadError(f"{out}: already exists; pass --overwrite to replace it")
+    with claim_output(out, EXPORTED, cfg.overwrite, [cfg.checkpoint, cfg.check]):
+        return _export(cfg, out)
+
+
+def _export(cfg: ExportConfig, out: Path) -> dict:
     net, ckpt = load_detector(Path(cfg.checkpoint))
     divisor = net.config.layout.size_divisor
     if cfg.size is not None and any(s <= 0 or s % divisor for s in cfg.size):
@@ -51,9 +55,9 @@ def run_export(cfg: ExportConfig) -> dict:
     metadata = export_metadata(net, ckpt, params, cfg.size)
     start = time.perf_counter()
     if cfg.format == "onnx":
-        _write_atomic(out, lambda tmp: _write_onnx(graph, example, tmp, metadata, cfg.size is None, cfg.opset))
+        write_file(out, lambda tmp: _write_onnx(graph, example, tmp, metadata, cfg.size is None, cfg.opset))
     else:
-        _write_atomic(out, lambda tmp: _write_torchscript(graph, example, tmp, metadata))
+        write_file(out, lambda tmp: _write_torchscript(graph, example, tmp, metadata))
     shape = [1, 3, *(hw if cfg.size is not None else ("H", "W"))]
     summary = {"out": str(out), "format": cfg.format, "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - start, 2),
                "inputs": {"image": shape, "image_size": [2]}, "size_divisor": divisor, "outputs": list(OUTPUT_NAMES),
@@ -63,21 +67,22 @@ def run_export(cfg: ExportConfig) -> dict:
     return summary
 
 
-def _write_atomic(out: Path, write) -> None:
-    """`write(temp path)` in out's folder, then rename: a failure leaves nothing (or the old file)."""
+def is_exported(path: Path) -> bool:
+    """A file `lad export` wrote: a TorchScript archive with lad.json, or an ONNX model with
+    the `lad` metadata entry."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(f"extra/{METADATA_KEY}.json") for name in archive.namelist())
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as exc:
-        raise LadError(f"{out}: cannot write ({exc.strerror})") from None
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise LadError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX (or no onnx package): not recognised, so never replaced
+        return False
+    return any(entry.key == METADATA_KEY for entry in model.metadata_props)
+
+
+EXPORTED = Kind("exported model", folder=False, is_own=is_exported)
 
 
 @contextlib.contextmanager

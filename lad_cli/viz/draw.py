@@ -5,7 +5,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..errors import LadError
+from ..outputs import write_file
 
 DPI = 100
 # tab10 without its grey: grey marks the high-cost component and non-positive candidates.
@@ -29,8 +29,5 @@ def new_figure(width_in: float, height_in: float) -> Figure:
 def save_png(fig: Figure, path: Path) -> Path:
     """Write the figure as PNG at its own size and dpi (so axes coordinates map to PNG pixels)."""
     path = Path(path)
-    try:
-        fig.savefig(path, format="png", dpi=fig.dpi)
-    except OSError as exc:
-        raise LadError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    write_file(path, lambda partial: fig.savefig(partial, format="png", dpi=fig.dpi))
     return path

@@ -12,12 +12,14 @@ from ...data.dataset import DetectionDataset
 from ...data.loader import make_loader
 from ...data.views import parse_views
 from ...errors import LadError
+from ...outputs import CACHE, Claim, checkpoint_inputs
+from ...outputs import claim as claim_output
 from ...progress import progress_bar
 from ...runtime import use_bf16
 from ..config import AssignConfig
 from ..stats import AssignStats
 from ..teacher import Teacher
-from .store import PAD, AssignmentCache, Provenance, anchor_counts, file_sha256
+from .store import PAD, AssignmentCache, Provenance, anchor_counts, entries_per_shard, file_sha256
 
 
 def provenance_for(teacher: Teacher, split, views, assigner: Assigner) -> Provenance:
@@ -27,47 +29,67 @@ def provenance_for(teacher: Teacher, split, views, assigner: Assigner) -> Proven
                       categories=split.categories)
 
 
-def open_or_create(out: Path, provenance: Provenance, image_ids, padded, max_anchors, shard_entries, resume, overwrite):
-    exists = out.exists() and any(out.iterdir()) if out.is_dir() else out.exists()
-    if exists and not (resume or overwrite):
-        raise LadError(f"{out}: a cache is already there; pass --resume to finish it or --overwrite to replace it")
-    if resume and exists:
-        cache = AssignmentCache.open(out, mode="r+")
+def open_or_create(claim: Claim, provenance: Provenance, image_ids, padded, max_anchors, shard_entries,
+                   resume: bool) -> AssignmentCache:
+    """The store at `claim.where`: reopened to finish it (--resume, checked to be the same
+    computation), or created empty. A new store is put in place at once (`--resume` and
+    `cache info` find it while it fills); a replacement stays beside the old one until done."""
+    where = claim.where
+    if resume and (where / "zarr.json").exists():
+        cache = AssignmentCache.open(where, mode="r+")
         field = cache.provenance.mismatch(provenance)
         if field:
-            raise LadError(f"{out}: cannot resume, the cache was made with another {field}")
+            raise LadError(f"{claim.target}: cannot resume, the cache was made with another {field}")
         if not np.array_equal(cache.image_ids(), image_ids):
-            raise LadError(f"{out}: cannot resume, the cache holds other image ids")
+            raise LadError(f"{claim.target}: cannot resume, the cache holds other image ids")
         cache.remove_partial_writes()
         return cache
-    return AssignmentCache.create(out, provenance, image_ids, padded, max_anchors, shard_entries)
+    try:
+        AssignmentCache.create(where, provenance, image_ids, padded, max_anchors, shard_entries)
+    except OSError as exc:
+        raise LadError(f"{claim.target}: cannot create the cache ({exc.strerror})") from None
+    if not claim.replaces:
+        claim.commit()
+    return AssignmentCache.open(claim.target if claim.committed else where, mode="r+")
 
 
-def run_assign(cfg: AssignConfig) -> dict | None:
+def run_assign(cfg: AssignConfig, given: set[str] | None = None) -> dict | None:
     """The summary (on rank 0; None on the other processes). Under torchrun, process r
     computes the shards s with s mod N = r and writes them into the one store: a shard's
-    files have one writer, so no locks are needed and the store equals a one-process one."""
+    files have one writer, so no locks are needed and the store equals a one-process one.
+    `given`: the AssignConfig fields given on the command line (None, a library call: none)."""
+    if cfg.resume and cfg.overwrite:
+        raise LadError("--resume and --overwrite exclude each other")
     ctx = dist.setup(cfg.device)
     teacher = Teacher(Path(cfg.teacher), ctx.device, use_bf16(ctx.device, cfg.amp))
-    split = load_split(*locate_split(cfg.data, cfg.split, cfg.ann, cfg.images))
+    split = load_split(*locate_split(cfg.data, cfg.split, cfg.ann, cfg.images), strict_boxes=cfg.strict_boxes)
     teacher.check_data(split)
     views = parse_views(cfg.views, teacher.checkpoint["size"], teacher.checkpoint["max_size"])
     dataset = DetectionDataset(split, views, teacher.model.config.layout.size_divisor)
     padded = dataset.entry_shapes()
-    if cfg.assigner is not None and cfg.assigner not in ASSIGNERS:
-        raise LadError(f"unknown assigner {cfg.assigner!r} (one of: {', '.join(ASSIGNERS)})")
     assigner = ASSIGNERS[cfg.assigner] if cfg.assigner else teacher.assigner  # by default, the teacher's
-    cache, pending = None, [range(ctx.rank, len(padded), ctx.world)]
-    if cfg.cache is not None:
-        cache = _open_store(cfg, ctx, provenance_for(teacher, split, views, assigner), split, padded,
-                            anchor_counts(padded, teacher.model.config.layout))
-        done = cache.done()
-        pending = [cache.shard_range(s) for s in range(cache.num_shards)
-                   if s % ctx.world == ctx.rank and not done[cache.shard_range(s)].all()]
-    start = time.perf_counter()
-    computed, stats = _teacher_pass(cfg, ctx, teacher, dataset, padded, pending, cache, assigner)
-    seconds = time.perf_counter() - start
-    every = dist.gather(ctx, (computed, stats))
+    claims: list = []  # rank 0's claim on the store's path
+    try:
+        cache, pending = None, [range(ctx.rank, len(padded), ctx.world)]
+        if cfg.cache is not None:
+            cache = _open_store(cfg, ctx, provenance_for(teacher, split, views, assigner), split, padded,
+                                anchor_counts(padded, teacher.model.config.layout), claims)
+            _check_shard_entries(cache, cfg, given)
+            done = cache.done()
+            pending = [cache.shard_range(s) for s in range(cache.num_shards)
+                       if s % ctx.world == ctx.rank and not done[cache.shard_range(s)].all()]
+            _record_numerics(ctx, cache, teacher.numerics() if pending else None)
+        start = time.perf_counter()
+        computed, stats = _teacher_pass(cfg, ctx, teacher, dataset, padded, pending, cache, assigner)
+        seconds = time.perf_counter() - start
+        every = dist.gather(ctx, (computed, stats))
+        for claim in claims:  # every shard is written: a replacement takes the old store's place
+            if not claim.committed:
+                claim.commit()
+                cache = AssignmentCache.open(claim.target)
+    finally:
+        for claim in claims:  # a replacement with finished shards is kept for --resume
+            claim.release(discard=not (claim.where / "zarr.json").exists())
     if every is None:
         return None
     computed = sum(t for t, _ in every)
@@ -79,16 +101,44 @@ def run_assign(cfg: AssignConfig) -> dict | None:
     return {**summary, "cache": str(cfg.cache), "done": int(cache.done().sum())}
 
 
-def _open_store(cfg: AssignConfig, ctx: dist.Dist, provenance: Provenance, split, padded: np.ndarray,
-                counts: np.ndarray) -> AssignmentCache:
-    """Rank 0 checks and creates (or reopens, --resume) the store; then the others open it."""
-    created = {}
+def _check_shard_entries(cache: AssignmentCache, cfg: AssignConfig, given: set[str] | None) -> None:
+    """A --shard-entries given on the command line must give the store's layout: a resumed store
+    keeps the one it was made with (without the option, it is taken as it is)."""
+    requested = entries_per_shard(cfg.shard_entries, cache.num_entries)
+    if "shard_entries" in (given or set()) and requested != cache.shard_entries:
+        raise LadError(f"{cfg.cache}: cannot resume with --shard-entries {cfg.shard_entries}: the cache has "
+                       f"{cache.shard_entries} entries per shard (resume with --shard-entries {cache.shard_entries}, "
+                       "or without the option)")
 
-    def create():
-        created["cache"] = open_or_create(Path(cfg.cache), provenance, [r.id for r in split.images], padded,
-                                          int(counts.max(initial=1)), cfg.shard_entries, cfg.resume, cfg.overwrite)
-    dist.on_main(ctx, create)
-    return created.get("cache") or AssignmentCache.open(Path(cfg.cache), mode="r+")
+
+def _record_numerics(ctx: dist.Dist, cache: AssignmentCache, mine: dict | None) -> None:
+    """Rank 0 records in the store what decides the numerics of each process that computes
+    shards now (`mine`: None for a process with nothing to compute)."""
+    every = dist.gather(ctx, mine)
+    if every is not None:
+        cache.add_numerics([n for n in every if n is not None])
+
+
+def _open_store(cfg: AssignConfig, ctx: dist.Dist, provenance: Provenance, split, padded: np.ndarray,
+                counts: np.ndarray, claims: list) -> AssignmentCache:
+    """Rank 0 claims the store's path (`outputs.claim`), checks and creates (or reopens,
+    --resume) the store; then the others open it where rank 0 put it."""
+    def create() -> str:
+        claim = claim_output(Path(cfg.cache), CACHE, cfg.overwrite, assign_inputs(cfg), resume=cfg.resume,
+                             hint="--resume to finish it or ")
+        claims.append(claim)
+        cache = open_or_create(claim, provenance, [r.id for r in split.images], padded, int(counts.max(initial=1)),
+                               cfg.shard_entries, cfg.resume)
+        created["cache"] = cache
+        return str(cache.path)
+    created = {}
+    path = dist.on_main(ctx, create)
+    return created.get("cache") or AssignmentCache.open(Path(path), mode="r+")
+
+
+def assign_inputs(cfg: AssignConfig) -> list:
+    """What `lad assign` reads, which the store may not be, hold or lie in."""
+    return [cfg.data, cfg.ann, cfg.images, *checkpoint_inputs(cfg.teacher)]
 
 
 def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: DetectionDataset, padded: np.ndarray,

@@ -13,25 +13,30 @@ written whole, by one process, `matched` first and its `entries` rows (checksum 
 flag together) last, so a kill leaves the shard's entries not done, never half-labelled.
 Per shard two files, plus three metadata files in all. zarr writes each file to a temp
 file and renames it; a new store is built in a sibling folder and renamed into place.
+A shard counts as done only when its rows say so and its `matched` file is there and
+readable (one byte read through zarr's store API per shard): `cache info`, `verify`, a
+student and `lad assign --resume` all see a deleted shard file as a shard not done.
 
 Faults: an entry whose chunk does not decode or whose values do not match its checksum is
 a LadError naming it (image id and view), never a label. A reader treats an unreadable
 `entries` row as an error; a writer (`lad assign --resume`) recomputes that shard.
 """
+import asyncio
 import hashlib
-import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.abc.store import SuffixByteRequest
 from zarr.codecs import BloscCodec
+from zarr.storage import StorePath
 
 from ...errors import LadError
-from ...files import replace_durably
+from ...outputs import CACHE_FORMAT
 
-FORMAT = "lad-cache"
+FORMAT = CACHE_FORMAT
 FORMAT_VERSION = 1
 PAD = -32768
 CRC, DONE, HEIGHT, WIDTH = range(4)  # columns of `entries`
@@ -46,6 +51,11 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def entries_per_shard(requested: int, entries: int) -> int:
+    """The shard size of a store of `entries` entries made with --shard-entries `requested`."""
+    return max(1, min(requested, entries))
 
 
 def entry_crc(matched: np.ndarray) -> int:
@@ -99,6 +109,12 @@ def _plain(value):
     return value
 
 
+async def _keys_under(folder: StorePath) -> list[str]:
+    """The stored keys under `folder`, relative to it (zarr lists a store asynchronously only)."""
+    prefix = f"{folder.path}/"
+    return [key[len(prefix):] async for key in folder.store.list_prefix(prefix)]
+
+
 class AssignmentCache:
     def __init__(self, path: Path, group: zarr.Group, writable: bool = False):
         self.path = Path(path)
@@ -124,35 +140,24 @@ class AssignmentCache:
 
     @staticmethod
     def create(path: Path, provenance: Provenance, image_ids: list[int], padded_hw: np.ndarray,
-               max_anchors: int, shard_entries: int) -> "AssignmentCache":
-        """A new, empty store (every entry not done), replacing what is at `path`. It is built
-        in a sibling folder and renamed into place: a kill or a full disk during creation
-        leaves no half-made store. padded_hw: (E, 2)."""
+               max_anchors: int, shard_entries: int) -> None:
+        """A new, empty store (every entry not done) in the empty folder `path`, which the
+        caller claimed (`outputs.claim`: it is staged beside the output and renamed into
+        place, so a kill or a full disk during creation leaves no half-made store).
+        padded_hw: (E, 2). Raises OSError (the caller names the output)."""
         path = Path(path)
         entries = len(padded_hw)
-        shard = max(1, min(shard_entries, entries))
-        staging = path.with_name(f".{path.name}.creating")
-        try:
-            shutil.rmtree(staging, ignore_errors=True)
-            group = zarr.open_group(str(staging), mode="w", zarr_format=3)
-            group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "num_images": len(image_ids),
-                                "image_ids": [int(i) for i in image_ids], "shard_entries": shard,
-                                "max_anchors": max_anchors, **_plain(provenance.__dict__)})
-            group.create_array("matched", shape=(entries, max_anchors), dtype="int16", chunks=(1, max_anchors),
-                               shards=(shard, max_anchors), fill_value=PAD,
-                               compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
-            table = np.zeros((entries, 4), np.int64)
-            table[:, [HEIGHT, WIDTH]] = padded_hw
-            group.create_array("entries", shape=(entries, 4), dtype="int64", chunks=(shard, 4), fill_value=0)[:] = table
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-            replace_durably(staging, path)
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise LadError(f"{path}: cannot create the cache ({exc.strerror})") from None
-        return AssignmentCache.open(path, mode="r+")
+        shard = entries_per_shard(shard_entries, entries)
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "num_images": len(image_ids),
+                            "image_ids": [int(i) for i in image_ids], "shard_entries": shard,
+                            "max_anchors": max_anchors, **_plain(provenance.__dict__)})
+        group.create_array("matched", shape=(entries, max_anchors), dtype="int16", chunks=(1, max_anchors),
+                           shards=(shard, max_anchors), fill_value=PAD,
+                           compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
+        table = np.zeros((entries, 4), np.int64)
+        table[:, [HEIGHT, WIDTH]] = padded_hw
+        group.create_array("entries", shape=(entries, 4), dtype="int64", chunks=(shard, 4), fill_value=0)[:] = table
 
     @staticmethod
     def open(path: Path, mode: str = "r") -> "AssignmentCache":
@@ -174,10 +179,30 @@ class AssignmentCache:
             raise LadError(f"{path}: unreadable cache ({exc} missing)") from None
 
     def remove_partial_writes(self) -> None:
-        """Delete the temp files of writes a kill interrupted (zarr's `*.partial`); only the
-        one process that resumes the store may call this, before any shard is written."""
-        for leftover in self.path.rglob("*.partial"):
-            leftover.unlink(missing_ok=True)
+        """Delete what writes a kill interrupted left in the arrays: every stored key under
+        `matched` or `entries` that is neither their metadata nor one of their shard keys
+        (zarr writes a file under a temp name beside its key and renames it; whatever zarr
+        names it, it is none of those keys). Only the one process that resumes the store may
+        call this, before any shard is written."""
+        for array in (self._matched, self.group["entries"]):
+            keep = {"zarr.json", *(array.metadata.encode_chunk_key((s, 0)) for s in range(self.num_shards))}
+            for key in asyncio.run(_keys_under(array.store_path)):
+                if key not in keep:
+                    (array.store_path / key).delete_sync()
+
+    def _shard_file(self, shard: int) -> StorePath:
+        """Where `matched`'s shard is stored (sharded: one stored object per shard, keyed by its
+        coordinates in the array's shard grid)."""
+        return self._matched.store_path / self._matched.metadata.encode_chunk_key((shard, 0))
+
+    def shard_stored(self, shard: int) -> bool:
+        """Whether `matched`'s shard file is there and readable: its last byte is read, no
+        chunk is decoded (`verify` reads them all)."""
+        try:
+            tail = self._shard_file(shard).get_sync(byte_range=SuffixByteRequest(1))
+        except OSError:
+            return False
+        return tail is not None and len(tail) > 0
 
     def label(self, e: int) -> str:
         """How errors name entry e: its index, COCO image id and view."""
@@ -191,8 +216,20 @@ class AssignmentCache:
         return range(shard * self.shard_entries, min((shard + 1) * self.shard_entries, self.num_entries))
 
     def done(self) -> np.ndarray:
-        """(E,) bool."""
-        return self.table()[:, DONE] == 1
+        """(E,) bool: the entry's row says done and its shard's `matched` file is stored."""
+        done = self.table()[:, DONE] == 1
+        for shard in self.missing_shards(done):
+            r = self.shard_range(shard)
+            done[r.start:r.stop] = False
+        return done
+
+    def missing_shards(self, rows_done: np.ndarray | None = None) -> list[int]:
+        """Shards whose rows say done but whose `matched` file is missing or unreadable: not
+        done for `lad assign --resume` (it recomputes them), incomplete for every reader."""
+        if rows_done is None:
+            rows_done = self.table()[:, DONE] == 1
+        return [s for s in range(self.num_shards)
+                if rows_done[self.shard_range(s).start:self.shard_range(s).stop].any() and not self.shard_stored(s)]
 
     def table(self) -> np.ndarray:
         """(E, 4) int64 `entries`. A shard whose rows cannot be read is a LadError for a
@@ -215,6 +252,25 @@ class AssignmentCache:
     def image_ids(self) -> np.ndarray:
         return np.asarray(self.attrs["image_ids"], dtype=np.int64)
 
+    def numerics(self) -> list[dict] | str:
+        """What decided the teacher's numerics, one dict per setting that wrote shards
+        (`distill.teacher.Teacher.numerics`); "unknown" for a store written before they were recorded."""
+        return self.attrs.get("numerics", "unknown")
+
+    def add_numerics(self, settings: list[dict]) -> None:
+        """Record the settings of the processes about to write shards, beside those already
+        recorded (a store resumed elsewhere, or by other processes, lists each). Not provenance:
+        a student checks nothing of it."""
+        recorded = self.attrs.get("numerics", [])
+        new = recorded + [s for i, s in enumerate(settings) if s not in recorded and s not in settings[:i]]
+        if new == recorded:
+            return
+        try:
+            self.group.attrs["numerics"] = new
+        except OSError as exc:
+            raise LadError(f"{self.path}: cannot write the cache's attributes ({exc.strerror})") from None
+        self.attrs["numerics"] = new
+
     def write_shard(self, shard: int, matched: np.ndarray, counts: np.ndarray, padded: np.ndarray) -> None:
         """matched: (entries of the shard, A_max) int16, PAD past each entry's `counts`;
         padded: (entries of the shard, 2) their padded shapes."""
@@ -226,7 +282,7 @@ class AssignmentCache:
         try:
             # zarr reads a shard file before rewriting it, and a corrupt one (the reason this shard
             # may be recomputed) would block the write; the shard is written whole, so drop it first.
-            (self.path / "matched" / self._matched.metadata.encode_chunk_key((shard, 0))).unlink(missing_ok=True)
+            self._shard_file(shard).delete_sync()
             self._matched[r.start:r.stop] = matched
             self.group["entries"][r.start:r.stop] = rows
         except OSError as exc:

@@ -13,19 +13,22 @@ from .store import CRC, PAD, AssignmentCache, anchor_counts, entry_crc
 
 
 def cache_info(path: Path) -> dict:
-    """What `lad cache info` prints: size, completeness, provenance and the digest."""
+    """What `lad cache info` prints: size, completeness (`missing_shards`: shards whose rows
+    say done but whose `matched` file is missing or unreadable, counted not done), provenance,
+    the numerics it was computed with and the digest."""
     cache = AssignmentCache.open(path)
     counts = anchor_counts(cache.padded_hw(), AnchorLayout.from_dict(cache.provenance.anchor_layout))
     size, files = cache.bytes_on_disk()
+    missing = cache.missing_shards()
     done = int(cache.done().sum())
     return {"path": str(cache.path), "format_version": cache.attrs["format_version"], "images": cache.num_images,
             "views": [v["name"] for v in cache.attrs["views"]], "entries": cache.num_entries, "done": done,
-            "complete": done == cache.num_entries, "bytes_on_disk": size, "files": files,
+            "complete": done == cache.num_entries, "missing_shards": missing, "bytes_on_disk": size, "files": files,
             "bytes_per_entry": round(size / max(1, cache.num_entries), 1), "shard_entries": cache.shard_entries,
             "teacher_sha256": cache.provenance.teacher_sha256,
             "annotations_sha256": cache.provenance.annotations_sha256,
             "anchor_layout": cache.provenance.anchor_layout, "assigner": cache.provenance.assigner,
-            "digest": cache.digest(counts)}
+            "numerics": cache.numerics(), "digest": cache.digest(counts)}
 
 
 def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndarray) -> None:
@@ -59,10 +62,10 @@ def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndar
                 raise LadError(f"{where}: {label} has GT indices outside [-2, {num_gts[e // cache.num_views]})")
 
 
-def verify_store(path: Path, data, split_name: str, ann, images) -> str:
+def verify_store(path: Path, data, split_name: str, ann, images, strict_boxes: bool = False) -> str:
     """`lad cache verify`: the first problem as a LadError, or a one-line OK."""
     cache = AssignmentCache.open(path)
-    split = load_split(*locate_split(data, split_name, ann, images))
+    split = load_split(*locate_split(data, split_name, ann, images), strict_boxes=strict_boxes)
     layout = AnchorLayout.from_dict(cache.provenance.anchor_layout)
     views = [View(**v) for v in cache.attrs["views"]]
     verify_cache(cache, split, layout, DetectionDataset(split, views, layout.size_divisor).entry_shapes())
