@@ -48,7 +48,7 @@ def test_value_outside_its_choices_is_refused_before_any_work(synth_data, tmp_pa
     (["eval", "--checkpoint", "x.pt", "--amp", "of"], "unknown --amp 'of': use auto, bf16, off; did you mean 'off'?"),
     (["export", "--checkpoint", "x.pt", "--out", "y.onnx", "--format", "onx"], "unknown --format 'onx': use onnx, torchscript; did you mean 'onnx'?"),
     (["assign", "--teacher", "x.pt", "--views", "orig,mirror"], "unknown view 'mirror': use orig, flip, orig@SIZE or flip@SIZE"),
-    (["show-assign", "--teacher", "x.pt", "--image", "1", "--out", "a.png", "--view", "flip@0"], "unknown view 'flip@0'"),
+    (["show-assign", "--teacher", "x.pt", "--image", "1", "--out", "a.png", "--view", "flip@0"], "view 'flip@0': its shorter side must be from 32 to 8192"),
     (["teacher-train", "--out", "r", "--amps", "off"], "No such option: --amps (Possible options: --amp, --warmup)"),
     # `lad assign --cache --teacher T`: --cache would take "--teacher" as its path
     (["assign", "--cache", "--teacher", "t.pt", "--data", "d"], "--cache takes the store path (--cache OUT.zarr), not the option name --teacher"),

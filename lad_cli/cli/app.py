@@ -4,13 +4,18 @@ training commands. An option with a fixed set of values is a `Literal` of its se
 `lad_cli.choices`, checked by typer before any work."""
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from typer._click.exceptions import UsageError  # typer >= 0.29 vendors click
+# The one import of a dependency's private module. typer (>= 0.26) vendors click and exports
+# neither UsageError nor NoArgsIsHelpError (fastapi/typer#1867 asked, declined); click itself is
+# no dependency, and its classes are not typer's. tests/test_misc_fixes.py fails when typer
+# moves or renames them.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from ..choices import (
@@ -19,12 +24,15 @@ from ..choices import (
     ASSIGNERS,
     BOX_WEIGHTINGS,
     DEVICE_FORMS,
+    INPUT_SIDES,
     closest,
     device_error,
+    in_sides,
     view_name_error,
     view_names,
 )
 from ..errors import LadError, one_line
+from ..outputs import write_text
 
 
 class OptionError(typer.BadParameter):
@@ -55,7 +63,7 @@ class LadGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except UsageError as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `lad cache`: the help, as typer shows it
+            if isinstance(exc, NoArgsIsHelpError):  # `lad cache`: the help, as typer shows it
                 raise
             typer.echo(f"error: {usage_line(exc)}", err=True)
             raise typer.Exit(2) from None
@@ -63,8 +71,8 @@ class LadGroup(TyperGroup):
 
 app = typer.Typer(cls=LadGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Label Assignment Distillation for one-stage detectors (PAA and task-aligned assigners).")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: write the embedded synthetic dataset.")
-app.add_typer(data_app, name="data", help="Datasets: write the embedded synthetic dataset.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: write the embedded synthetic dataset, convert VOC or YOLO ones.")
+app.add_typer(data_app, name="data", help="Datasets: write the embedded synthetic dataset (synth), convert VOC or YOLO ones (convert).")
 cache_app = typer.Typer(no_args_is_help=True, help="Assignment caches: inspect and verify.")
 app.add_typer(cache_app, name="cache", help="Assignment caches: inspect (info) and check (verify).")
 
@@ -88,10 +96,7 @@ def emit_json(obj: dict, path: Optional[Path] = None) -> None:
     if path is None or str(path) == "-":
         sys.stdout.write(text + "\n")
         return
-    try:
-        Path(path).write_text(text + "\n")
-    except OSError as exc:
-        raise LadError(f"{path}: cannot write ({exc.strerror})") from None
+    write_text(Path(path), text + "\n")
 
 
 def path_str(path: Optional[Path]) -> Optional[str]:
@@ -143,7 +148,38 @@ def _one_view_error(name: str) -> str | None:
     return view_name_error(name)
 
 
+def _lr_error(lr: float) -> str | None:
+    # torch's SGD refuses a negative lr (a traceback); 0 keeps the weights, a check some runs make.
+    return None if math.isfinite(lr) and lr >= 0 else f"--lr {lr}: the learning rate must be a finite number >= 0"
+
+
+def _seed_error(seed: int) -> str | None:
+    if 0 <= seed < 2**64:  # torch.manual_seed takes up to 2**64 - 1, numpy's generators no negative seed
+        return None
+    return f"--seed {seed}: a seed is an integer from 0 to 2**64 - 1"
+
+
+def _side_error(option: str):
+    def error(side: int) -> str | None:
+        return None if in_sides(side) else f"{option} {side}: must be from {INPUT_SIDES[0]} to {INPUT_SIDES[1]} pixels"
+    return error
+
+
+def _width_error(width: int) -> str | None:
+    # The head's GroupNorm has width // 8 groups, at most 32: each must divide the channels.
+    if width >= 8 and width % 8 == 0 and (width <= 256 or width % 32 == 0):
+        return None
+    return f"--width {width}: channels must be a multiple of 8 (of 32 above 256), for the head's GroupNorm groups"
+
+
+def _clip_error(clip: float) -> str | None:
+    # clip_grad_norm_ scales the gradients by clip / norm: 0 zeroes them and a negative clip
+    # reverses them (gradient ascent); inf never scales them.
+    return None if clip > 0 else f"--clip {clip}: the max gradient norm must be > 0 (inf: no clipping)"
+
+
 check_device, check_views, check_view = _check(device_error), _check(_views_error), _check(_one_view_error)
+check_size, check_max_size = _check(_side_error("--size")), _check(_side_error("--max-size"))
 
 
 # Options shared by several commands.
@@ -158,14 +194,14 @@ BatchSize = Annotated[int, typer.Option("--batch", min=1, help="Images per itera
 Out = Annotated[Path, typer.Option(callback=takes("the run folder"), help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")]
 Device = Annotated[str, typer.Option(callback=check_device, metavar="|".join(DEVICE_FORMS), help="auto: CUDA when present.")]
 Amp = Annotated[Literal[AMP_MODES], typer.Option(help="bf16 autocast: auto (on CUDA, and on CPUs with bf16 units), bf16 or off.")]
-Seed = Annotated[int, typer.Option(help="Seed of the weights' init and of the batch/view plan.")]
+Seed = Annotated[int, typer.Option(callback=_check(_seed_error), help="Seed of the weights' init and of the batch/view plan, from 0 to 2**64 - 1.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out with its config.json; an option given that contradicts it is refused.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
-Lr = Annotated[Optional[float], typer.Option(help="Base learning rate [default: 0.01 x batch / 16].")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output lad wrote there before (only lad's own output of this kind; the new one is written beside it and swapped in when complete).")]
+Lr = Annotated[Optional[float], typer.Option(callback=_check(_lr_error), help="Base learning rate, >= 0 [default: 0.01 x batch / 16].")]
 Workers = Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")]
-Size = Annotated[int, typer.Option(min=32, help="Shorter image side after resizing.")]
-MaxSize = Annotated[int, typer.Option(min=32, help="Cap on the longer side after resizing.")]
-Width = Annotated[int, typer.Option(min=8, help="FPN and head channels (256 = paper).")]
+Size = Annotated[int, typer.Option(callback=check_size, help=f"Shorter image side after resizing ({INPUT_SIDES[0]} to {INPUT_SIDES[1]}).")]
+MaxSize = Annotated[int, typer.Option(callback=check_max_size, help=f"Cap on the longer side after resizing ({INPUT_SIDES[0]} to {INPUT_SIDES[1]}).")]
+Width = Annotated[int, typer.Option(callback=_check(_width_error), help="FPN and head channels (256 = paper): a multiple of 8, of 32 above 256 (the head's GroupNorm has width / 8 groups, at most 32).")]
 HeadDepth = Annotated[int, typer.Option(min=1, help="Convs per head tower (4 = paper).")]
 AnchorScale = Annotated[int, typer.Option(min=1, help="Anchor side in strides (8 = paper; smaller suits small images).")]
 Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: a state-dict file of the torchvision classifier of --arch, or 'imagenet' (torchvision's ImageNet-1k weights, from torch's cache or downloaded).")]
@@ -175,7 +211,8 @@ Views = Annotated[str, typer.Option(callback=check_views, help="Training views, 
 LogEvery = Annotated[int, typer.Option(min=1, help="Log to metrics.jsonl every N iterations.")]
 SaveEvery = Annotated[int, typer.Option(min=0, help="Also save last.pt every N iterations (0: at epoch ends).")]
 SkipNonfinite = Annotated[int, typer.Option(min=0, help="Skip up to K batches whose loss is NaN/inf (0: stop at the first).")]
-Clip = Annotated[float, typer.Option(help="Gradient clipping max norm.")]
+Clip = Annotated[float, typer.Option(callback=_check(_clip_error), help="Gradient clipping max norm, > 0 (inf: no clipping).")]
 BoxWeighting = Annotated[Optional[Literal[BOX_WEIGHTINGS]], typer.Option(help="GIoU loss weighting: iou (PAA) or mean (reference LAD head) [default: iou for own assignments, mean for LAD].")]
 AssignerName = Annotated[Literal[ASSIGNERS], typer.Option("--assigner", help="Label assignment: paa (PAA, the default) or tal (task-aligned, TOOD/YOLOv8).")]
 AtssEpochs = Annotated[Optional[int], typer.Option(min=0, help="Epochs of ATSS warm-up before the assigner takes over [default: a third of the run for TAL on its own predictions, else 0].")]
+StrictBoxes = Annotated[bool, typer.Option("--strict-boxes", help="Refuse an annotation file with a box of no area inside its image or overrunning it by more than 1 px, instead of dropping or clipping it (with one warning line) as torchvision, mmdetection and detectron2 do.")]

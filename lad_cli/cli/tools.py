@@ -1,9 +1,10 @@
 """lad data synth, lad eval, lad demo, lad show-assign, lad plot."""
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
+from ..choices import CONVERT_FORMATS, SCORERS
 from ..engine.config import EvalConfig
 from .app import (
     Amp,
@@ -13,6 +14,7 @@ from .app import (
     Device,
     Images,
     Overwrite,
+    StrictBoxes,
     Workers,
     app,
     check_view,
@@ -41,6 +43,26 @@ def data_synth(
     emit_json(synthesize(out, train, val, seed, overwrite))
 
 
+@data_app.command("convert")
+@user_errors
+def data_convert(
+    src: Annotated[Path, typer.Argument(help="VOC folder (Annotations/, JPEGImages/, ImageSets/Main/), or YOLO folder with data.yaml (or the data.yaml).")],
+    source_format: Annotated[Literal[CONVERT_FORMATS], typer.Option("--from", help="Layout of SRC: voc or yolo.")],
+    out: Annotated[Path, typer.Option(callback=takes("a folder"), help="Folder to write the dataset into (DIR/annotations/{split}.json, DIR/images/{split}/).")],
+    split: Annotated[Optional[str], typer.Option(callback=takes("a split name"), help="VOC without ImageSets/Main lists: the name of its one split (default train).")] = None,
+    classes: Annotated[Optional[Path], typer.Option(callback=takes("a file"), help="VOC: class names, one a line: their order gives ids 1..N, and classes without boxes are kept (default: the names found, sorted).")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Convert a Pascal VOC or ultralytics YOLO dataset to the layout lad reads.
+
+    Prints per split the images, boxes, negatives, and the boxes clipped to their image or
+    skipped (no area inside it) as JSON. See README, "Data".
+    """
+    from ..data.convert import convert
+
+    emit_json(convert(source_format, src, out, overwrite, split, classes))
+
+
 @app.command("eval")
 @user_errors
 def evaluate(
@@ -50,12 +72,19 @@ def evaluate(
     json_out: Annotated[Optional[Path], typer.Option("--json", callback=takes("a file (- for stdout)"), help="Write the metrics as JSON to this file (- for stdout).")] = None,
     detections: Annotated[Optional[Path], typer.Option(callback=takes("a file"), help="Write the detections as a COCO results json.")] = None,
     batch: BatchSize = E.batch, device: Device = E.device, amp: Amp = E.amp, workers: Workers = E.workers,
+    scorer: Annotated[Literal[SCORERS], typer.Option(help="COCOeval implementation: faster-coco-eval (about 8x faster) or pycocotools (the reference); the same numbers.")] = E.scorer,
+    strict_boxes: StrictBoxes = False,
 ) -> None:
-    """COCO metrics (COCOeval's, computed by faster-coco-eval) of a checkpoint on a split."""
+    """COCO metrics (COCOeval's: faster-coco-eval by default, or pycocotools) of a checkpoint on a split.
+
+    Scored on the annotation file as COCOeval reads it (boxes the training reader drops or
+    clips count as they are), so AP compares with other toolkits'; APs/APm/APl size the GT
+    by the file's `area` field (box width x height where absent).
+    """
     from ..engine.evaluate import run_eval
 
     result = run_eval(EvalConfig(str(checkpoint), path_str(data), split, path_str(ann), path_str(images),
-                                 path_str(detections), batch, device, amp, workers))
+                                 path_str(detections), batch, device, amp, workers, scorer=scorer, strict_boxes=strict_boxes))
     if result is None:  # a torchrun process other than rank 0
         return
     metrics, table = result
@@ -87,7 +116,7 @@ def show_assign(
     data: Data = None, split: Annotated[str, typer.Option(help="Split holding the image.")] = "train",
     ann: Ann = None, images: Images = None,
     view: Annotated[str, typer.Option(callback=check_view, help="The view the networks see, at the teacher's size: orig, flip, orig@S or flip@S.")] = "orig",
-    device: Device = "auto", amp: Amp = "auto",
+    device: Device = "auto", amp: Amp = "auto", strict_boxes: StrictBoxes = False,
 ) -> None:
     """Picture of one image's PAA assignment: GT boxes, positive anchors, mixture fits.
 
@@ -99,7 +128,7 @@ def show_assign(
     from ..viz.show_assign import run_show_assign
 
     emit_json(run_show_assign(teacher=teacher, student=student, data=data, split=split, ann=ann, images=images,
-                              image_id=image, view=view, out=out, device=device, amp=amp))
+                              image_id=image, view=view, out=out, device=device, amp=amp, strict_boxes=strict_boxes))
 
 
 @app.command("plot")

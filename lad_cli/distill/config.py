@@ -22,3 +22,4 @@ class AssignConfig:
     overwrite: bool = False
     shard_entries: int = 4096  # entries per shard file, the unit of resumption
     assigner: str | None = None  # paa or tal; None: the one the teacher trained with
+    strict_boxes: bool = False  # refuse boxes without area in their image or overrunning it (else dropped / clipped)

@@ -22,8 +22,8 @@ from ..data.views import View, parse_views
 from ..dist import process_mean
 from ..errors import LadError
 from ..losses import SoftLabelWeights, soft_label_loss
-from ..model.build import load_checkpoint, load_detector, new_detector
-from ..model.detector import PAADetector
+from ..model.build import load_checkpoint, new_detector, start_from
+from ..model.detector import DetectorConfig, PAADetector
 from ..runtime import console
 from ..structures import Predictions
 from .cache.store import AssignmentCache, anchor_counts, file_sha256
@@ -118,6 +118,9 @@ class WarmedUp(AssignmentSource):
 
     def extra_losses(self, batch: Batch, preds: dict[str, Predictions], out: SourceOutput, anchors: Tensor) -> dict[str, Tensor]:
         return self.source.extra_losses(batch, preds, out, anchors) if self.epoch >= self.epochs else {}
+
+    def describe(self, network: str = "student") -> dict:
+        return {**self.source.describe(network), "atss_warmup_epochs": self.epochs}
 
 
 class TeacherAssignment(AssignmentSource):
@@ -311,20 +314,23 @@ def _source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, b
         return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student", assigner=assigner,
                                  teacher_target=cfg.alignment_from == "teacher")
     if cfg.colearn:
-        return CoLearning(_peer(cfg, student), cfg.switch, student.config.arch, assigner)
+        return CoLearning(_peer(cfg, student, split), cfg.switch, student.config.arch, assigner)
     return OwnAssignment(assigner)
 
 
-def _peer(cfg, student: PAADetector) -> PAADetector:
-    """Co-learning's second network: from --peer-init, or new (--peer-arch, else the student's)."""
+def _peer(cfg, student: PAADetector, split: CocoSplit) -> PAADetector:
+    """Co-learning's second network: new (--peer-arch, else the student's), or from --peer-init
+    (its architecture, width and head depth; the student's anchors and classes: `start_from`)."""
+    layout = student.config.layout
     if not cfg.peer_init:
         return new_detector(cfg.peer_arch or cfg.arch, student.config.num_classes, cfg.width, cfg.head_depth,
-                            cfg.weights, cfg.anchor_scale)
-    peer, _ = load_detector(Path(cfg.peer_init))
-    if cfg.peer_arch and peer.config.arch != cfg.peer_arch:
-        raise LadError(f"{cfg.peer_init}: a {peer.config.arch} checkpoint, but --peer-arch is {cfg.peer_arch}")
-    if peer.config.layout != student.config.layout or peer.config.num_classes != student.config.num_classes:
-        raise LadError(f"{cfg.peer_init}: peer has another anchor layout or class count than the student")
+                            cfg.weights, layout.octave_base_scale, layout.centre_offset)
+    ckpt = load_checkpoint(Path(cfg.peer_init))
+    theirs = DetectorConfig.from_dict(ckpt["detector"])
+    if cfg.peer_arch and theirs.arch != cfg.peer_arch:
+        raise LadError(f"{cfg.peer_init}: a {theirs.arch} checkpoint, but --peer-arch is {cfg.peer_arch}")
+    peer = PAADetector(DetectorConfig(theirs.arch, student.config.num_classes, theirs.width, theirs.head_depth, layout))
+    start_from(peer, ckpt, Path(cfg.peer_init), split.categories)
     return peer
 
 
@@ -337,10 +343,12 @@ def recorded_inputs(cache: str | None, teacher: str | None) -> dict:
         base = next((v for v in views if "@" not in v["name"]), views[0])
         return {"size": base["short_side"], "max_size": base["max_side"], "views": ",".join(v["name"] for v in views),
                 "anchor_scale": store.provenance.anchor_layout["octave_base_scale"],
+                "anchor_offset": store.provenance.anchor_layout["centre_offset"],
                 "assigner": (store.provenance.assigner or {}).get("name", "paa")}
     if teacher:
         ckpt = load_checkpoint(Path(teacher))
         return {"size": ckpt["size"], "max_size": ckpt["max_size"],
                 "anchor_scale": ckpt["detector"]["layout"]["octave_base_scale"],
+                "anchor_offset": ckpt["detector"]["layout"]["centre_offset"],
                 "assigner": (ckpt.get("assigner") or {}).get("name", "paa")}
     return {}

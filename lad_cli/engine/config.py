@@ -18,6 +18,7 @@ class TrainConfig:
     width: int = 256
     head_depth: int = 4
     anchor_scale: int = 8  # anchor side = anchor_scale x stride (8 = paper)
+    anchor_offset: float = 0.5  # anchor centres at (x + offset) x stride; 0: mmdetection's (imported networks)
     size: int = 800
     max_size: int = 1333
     views: str = "orig,flip"
@@ -45,6 +46,7 @@ class TrainConfig:
     colearn: bool = False
     peer_arch: str | None = None
     peer_init: str | None = None
+    init: str | None = None  # a detector checkpoint the student starts from (trained by lad, or `lad import`ed)
     switch: str = "gt-level"
     soft_label_weight: float | None = None
     soft_label_gamma: float = 0.5
@@ -54,6 +56,7 @@ class TrainConfig:
     atss_epochs: int | None = None  # ATSS warm-up epochs; None: a third of the run for own/co-learned TAL, else 0
     cross_assigner: bool = False  # accept a cache or teacher of another assigner than --assigner
     alignment_from: str = "student"  # TAL with a teacher: whose alignment on the teacher's positives is the class target
+    strict_boxes: bool = False  # refuse boxes without area in their image or overrunning it (else dropped / clipped)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +86,7 @@ class TrainConfig:
 # how often it logs, saves and tolerates a non-finite batch; nothing of what it computes.
 MACHINE_OPTIONS = ("device", "workers")  # this machine's: always the command line's (default or not)
 RESUME_OPTIONS = (*MACHINE_OPTIONS, "log_every", "save_every", "skip_nonfinite")
-PATH_FIELDS = ("out", "data", "ann", "images", "weights", "teacher", "cache", "peer_init")
+PATH_FIELDS = ("out", "data", "ann", "images", "weights", "teacher", "cache", "peer_init", "init")
 
 
 def _same(name: str, a, b) -> bool:
@@ -111,19 +114,20 @@ def resumed_config(run: dict, saved: dict, cfg: TrainConfig, given: set[str] | N
 
 
 # The student's input options that follow its assignment source when not given.
-SOURCE_INPUTS = ("size", "max_size", "views", "anchor_scale", "assigner")
+SOURCE_INPUTS = ("size", "max_size", "views", "anchor_scale", "anchor_offset", "assigner")
 
 
-def student_inputs(given: dict, cache: str | None, teacher: str | None, resume: bool) -> dict:
-    """--size, --max-size, --views, --anchor-scale, --assigner: as given, else as the cache (its views are
-    the training views) or the teacher checkpoint recorded them, else TrainConfig's defaults.
+def student_inputs(given: dict, cache: str | None, teacher: str | None, resume: bool, init: str | None = None) -> dict:
+    """--size, --max-size, --views, --anchor-scale, --anchor-offset, --assigner: as given, else as the cache
+    (its views are the training views) or the teacher checkpoint recorded them, else the --init
+    checkpoint (a network keeps its anchors), else TrainConfig's defaults.
     Explicit options that contradict a cache are refused, naming the field, when the source
     is built; on --resume the run's own config decides and nothing is read here."""
     from ..distill.sources import (
         recorded_inputs,  # here, so that the CLI's `--help` imports no torch
     )
 
-    recorded = {} if resume else recorded_inputs(cache, teacher)
+    recorded = {} if resume else recorded_inputs(cache, teacher) or recorded_inputs(None, init)
     return {k: given[k] if given.get(k) is not None else recorded.get(k, getattr(TrainConfig, k)) for k in SOURCE_INPUTS}
 
 
@@ -141,6 +145,8 @@ class EvalConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+    scorer: str = "faster-coco-eval"  # or pycocotools: the same numbers (choices.SCORERS)
+    strict_boxes: bool = False  # refuse the file's degenerate or overrunning boxes (the scorer reads the file as is)
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,15 @@ import torch
 
 from .. import dist
 from ..data.coco import CocoSplit, load_split, locate_split
-from ..data.dataset import DetectionDataset
+from ..data.dataset import DetectionDataset, check_image_files
 from ..data.loader import make_loader
 from ..data.sampler import ViewBatchSampler
 from ..data.views import parse_views
 from ..distill.sources import AssignmentSource, build_source
 from ..errors import LadError, NonFiniteLoss
 from ..losses import LossWeights
-from ..model.build import load_checkpoint, new_detector
+from ..model.build import load_checkpoint, new_detector, start_from
+from ..outputs import checkpoint_inputs
 from ..progress import progress_bar
 from ..runtime import console, memory_format, use_bf16
 from . import run_dir
@@ -27,11 +28,11 @@ RESUMABLE = ("nets", "optimizer", "state", "metrics_lines")  # what last.pt hold
 
 
 def load_data(cfg: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
-    train = load_split(*locate_split(cfg.data, cfg.split, cfg.ann, cfg.images))
+    train = load_split(*locate_split(cfg.data, cfg.split, cfg.ann, cfg.images), strict_boxes=cfg.strict_boxes)
     val = None
     if cfg.data is not None and cfg.val_split:
         try:
-            val = load_split(*locate_split(cfg.data, cfg.val_split))
+            val = load_split(*locate_split(cfg.data, cfg.val_split), strict_boxes=cfg.strict_boxes)
         except LadError as exc:
             if "no split" not in str(exc):
                 raise
@@ -72,7 +73,8 @@ class Run:
         cfg, split = self.cfg, self.train_split
         full = {**model_checkpoint(self.nets["student"], split, cfg, self.training("student")), "train_config": cfg.to_dict(),
                 "nets": {k: n.state_dict() for k, n in self.nets.items()}, "optimizer": self.optimizer.state_dict(),
-                "state": self.state, "metrics_lines": self.metrics.lines}
+                "state": self.state, "metrics_lines": self.metrics.lines,
+                "val_annotations_sha256": None if self.val_split is None else self.val_split.sha256}
         save_atomic(full, self.out / name)
         for peer in (k for k in self.nets if k != "student"):
             save_atomic({**model_checkpoint(self.nets[peer], split, cfg, self.training(peer)), "state": self.state},
@@ -91,27 +93,48 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, given
     """Train (and validate each epoch); returns the final summary. The config's source
     options (teacher, cache, colearn) pick where assignments come from. Under torchrun,
     each process trains on its share of every batch (DDP) and rank 0 writes the run.
-    `given`: the options given on the command line, checked against the run on --resume."""
-    run = start(cfg, resume, overwrite, given)
-    cfg, state = run.cfg, run.state
-    total = cfg.epochs * len(run.sampler.local_plan(0))
-    with progress_bar(disable=not run.ctx.is_main) as bar:
-        task = bar.add_task(f"train {cfg.arch}", total=total, completed=state["iteration"], info="")
-        while state["epoch"] < cfg.epochs:
-            train_epoch(run, bar, task, total)
-            end_epoch(run)
-    if run.metrics is not None:
-        run.metrics.close()
-    return {"run": str(run.out), "epochs": cfg.epochs, "iterations": state["iteration"], "val": state["val"],
+    `given`: the options given on the command line, checked against the run on --resume.
+    A run replacing another (--overwrite) is written beside it and swapped in at the end."""
+    target, claims = Path(cfg.out), []
+    try:
+        run = start(cfg, resume, overwrite, given, claims)
+        cfg, state = run.cfg, run.state
+        total = cfg.epochs * len(run.sampler.local_plan(0))
+        with progress_bar(disable=not run.ctx.is_main) as bar:
+            task = bar.add_task(f"train {cfg.arch}", total=total, completed=state["iteration"], info="")
+            while state["epoch"] < cfg.epochs:
+                train_epoch(run, bar, task, total)
+                end_epoch(run)
+        if run.metrics is not None:
+            run.metrics.close()
+        for claim in claims:
+            claim.commit()
+    finally:
+        for claim in claims:  # a replacement with a checkpoint is kept for --resume
+            claim.release(discard=not (claim.where / "last.pt").exists())
+    return {"run": str(target), "epochs": cfg.epochs, "iterations": state["iteration"], "val": state["val"],
             "best_AP": state["best_ap"] if run.val_split is not None else None}
 
 
-def start(cfg: TrainConfig, resume: bool, overwrite: bool, given: set[str] | None = None) -> Run:
+def run_inputs(cfg: TrainConfig) -> list:
+    """What a run reads, which its folder may not be, hold or lie in."""
+    weights = cfg.weights if cfg.weights not in (None, "imagenet") else None
+    return [cfg.data, cfg.ann, cfg.images, cfg.cache, weights, *checkpoint_inputs(cfg.teacher),
+            *checkpoint_inputs(cfg.peer_init), *checkpoint_inputs(cfg.init)]
+
+
+def start(cfg: TrainConfig, resume: bool, overwrite: bool, given: set[str] | None, claims: list) -> Run:
     """The run folder, data, networks, source, optimizer and loader; on --resume, restored
     from last.pt with the run's config.json (`config.resumed_config`: `given`, the options on
-    the command line, may change only how the run is carried out, not what it computes)."""
+    the command line, may change only how the run is carried out, not what it computes).
+    `claims` receives rank 0's claim on the run folder (`run_dir.prepare`), to commit and release."""
     ctx = dist.setup(cfg.device)
-    out = dist.on_main(ctx, lambda: run_dir.prepare(Path(cfg.out), resume, overwrite))
+
+    def claim_folder() -> Path:
+        claim = run_dir.prepare(Path(cfg.out), resume, overwrite, run_inputs(cfg))
+        claims.append(claim)
+        return claim.where
+    out = dist.on_main(ctx, claim_folder)
     ckpt, run_config = None, None
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
@@ -125,8 +148,11 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, given: set[str] | Non
                            f"(this is {ctx.world}), so that the batches and the sampler position match")
     bf16 = use_bf16(ctx.device, cfg.amp)
     train_split, val_split = load_data(cfg)
+    dist.on_main(ctx, lambda: check_data(train_split, val_split, ckpt, out))
     nets, source = build_networks(cfg, ctx, train_split, bf16, ckpt)
-    models = {name: torch.nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if ctx.active else net
+    if ckpt:
+        dist.on_main(ctx, lambda: check_same_source(source, ckpt, out))
+    models = {name: torch.nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if ctx.distributed else net
               for name, net in nets.items()}
     params = [p for net in nets.values() for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.base_lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -141,24 +167,70 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, given: set[str] | Non
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
     metrics = run_dir.MetricsLog(out / "metrics.jsonl", ckpt["metrics_lines"] if ckpt else None) if ctx.is_main else None
+    if metrics is not None and metrics.lost:
+        console.print(f"{metrics.path}: {metrics.lost} of the {ckpt['metrics_lines']} lines last.pt saw are lost (the "
+                      f"file was cut short or ends mid-line) and cannot be recovered; logging continues from iteration "
+                      f"{state['iteration']}", style="yellow", markup=False, soft_wrap=True)
     weights = LossWeights(box_weighting=cfg.box_weighting or source.box_weighting)
     return Run(cfg, ctx, out, bf16, train_split, val_split, nets, models, source, params, optimizer, weights, sampler,
                loader, state, metrics)
 
 
+def start_student(student, cfg: TrainConfig, split: CocoSplit, announce: bool) -> None:
+    """--init: the student starts from a detector checkpoint (`model.build.start_from`)."""
+    if cfg.weights:
+        raise LadError("--weights and --init exclude each other (--init holds the backbone's weights too)")
+    fresh = start_from(student, load_checkpoint(Path(cfg.init)), Path(cfg.init), split.categories)
+    if announce and fresh:
+        layers = ", ".join(sorted({key.rsplit(".", 1)[0] for key in fresh}))
+        console.print(f"--init {cfg.init}: other categories than {split.ann_file}: {layers} (the class logits) "
+                      "re-initialised, the rest starts from the checkpoint", markup=False)
+
+
 def build_networks(cfg: TrainConfig, ctx: dist.Dist, split: CocoSplit, bf16: bool, ckpt: dict | None):
     """The student (seeded), the assignment source and the source's peers, on the device."""
     torch.manual_seed(cfg.seed)
-    student = new_detector(cfg.arch, len(split.categories), cfg.width, cfg.head_depth, cfg.weights, cfg.anchor_scale)
+    student = new_detector(cfg.arch, len(split.categories), cfg.width, cfg.head_depth, cfg.weights, cfg.anchor_scale,
+                           cfg.anchor_offset)
+    if cfg.init:  # also on --resume: it fixes the stem and BatchNorm as the run started with them
+        start_student(student, cfg, split, announce=ckpt is None and ctx.is_main)
     source = build_source(cfg, student, split, ctx.device, bf16)
     nets = {"student": student, **source.peers()}
     for name, net in nets.items():
-        if ctx.active:
+        if ctx.distributed:
             dist.convert_sync_batchnorm(net)
         nets[name] = net.to(ctx.device, memory_format=memory_format(ctx.device))
         if ckpt:
             nets[name].load_state_dict(ckpt["nets"][name])
     return nets, source
+
+
+RESUMED_ON_OTHER_DATA = "a run is resumed on the data it started on; restore it, or start a new run with --overwrite"
+
+
+def check_data(train: CocoSplit, val: CocoSplit | None, ckpt: dict | None, out: Path) -> None:
+    """Before the first step: on --resume, the annotation files are those last.pt recorded;
+    every image of every split the run reads opens and has the size its annotation says."""
+    if ckpt:
+        for split, recorded in ((train, ckpt["annotations_sha256"]), (val, ckpt.get("val_annotations_sha256"))):
+            if split is not None and recorded is not None and split.sha256 != recorded:
+                raise LadError(f"{split.ann_file}: changed since the run started (sha256 {split.sha256[:12]}..., "
+                               f"{out / 'last.pt'} recorded {recorded[:12]}...): {RESUMED_ON_OTHER_DATA}")
+    for split in (train, val):
+        if split is not None:
+            check_image_files(split)
+
+
+def check_same_source(source: AssignmentSource, ckpt: dict, out: Path) -> None:
+    """On --resume: the cache or the teacher file the assignments come from is the one last.pt
+    recorded (the cache's digest and its teacher, the teacher's sha256)."""
+    recorded = (ckpt.get("training") or {}).get("assignment") or {}
+    now = source.describe("student")
+    for key in ("digest", "teacher_sha256"):
+        if key in recorded and now.get(key) != recorded[key]:
+            what = now["source"]  # cache or teacher: the sources that record these
+            raise LadError(f"{now[what]}: the {what} changed since the run started ({key} {str(now.get(key))[:12]}..., "
+                           f"{out / 'last.pt'} recorded {str(recorded[key])[:12]}...): {RESUMED_ON_OTHER_DATA}")
 
 
 def train_epoch(run: Run, bar, task, total: int) -> None:
