@@ -9,7 +9,7 @@ COCO's (1333x800: 26,257 anchors). Prints one JSON object with, per size, both t
 (median of 3 runs each), the speed-up and how many images got identical positives; and the
 peak memory of one assignment at COCO size with 100 GTs per image (measured in a fresh
 process: the growth of its peak resident size), next to what one dense (N, M, A) float32
-IoU matrix would take; the TAL rows under "tal".
+IoU matrix would take; the TAL rows under "tal" (with the same peak-memory measurement).
 """
 import argparse
 import json
@@ -69,13 +69,17 @@ def _status_kb(field: str) -> int:
     return int(line.split()[1])
 
 
-def peak_memory(images: int, gts: int, classes: int, seed: int) -> dict:
+ASSIGN = {"paa": paa_assign, "tal": tal_assign}
+
+
+def peak_memory(images: int, gts: int, classes: int, seed: int, assigner: str = "paa") -> dict:
     """In this (fresh) process: the peak resident size an assignment adds, at COCO size (Linux)."""
+    assign = ASSIGN[assigner]
     anchors, counts, cls, deltas, targets = make_inputs(images, gts, (800, 1333), classes, seed)
-    paa_assign(anchors, counts, cls[:1], deltas[:1], images_of(targets, slice(0, 1)))  # warm-up at a small size
+    assign(anchors, counts, cls[:1], deltas[:1], images_of(targets, slice(0, 1)))  # warm-up at a small size
     Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak resident size restarts from here
     before = _status_kb("VmRSS")
-    paa_assign(anchors, counts, cls, deltas, targets)
+    assign(anchors, counts, cls, deltas, targets)
     grown = _status_kb("VmHWM") - before
     inputs = sum(t.numel() * t.element_size() for t in (anchors, cls, deltas, targets.boxes))
     return {"images": images, "gts_per_image": gts, "anchors": len(anchors), "peak_growth_mb": round(grown / 1024, 1),
@@ -125,7 +129,15 @@ def compare_tal(args, hw: tuple[int, int]) -> dict:
 
 
 def tal_rows(args) -> dict:
-    return {"demo_size": compare_tal(args, (160, 213)), "coco_size": compare_tal(args, (800, 1333))}
+    return {"demo_size": compare_tal(args, (160, 213)), "coco_size": compare_tal(args, (800, 1333)),
+            "coco_size_100_gts_memory": json.loads(_memory_run(args, "tal"))}
+
+
+def _memory_run(args, assigner: str) -> str:
+    """`peak_memory` in a fresh process (its peak resident size must be this assignment's)."""
+    return subprocess.run([sys.executable, "-m", "benchmarks.assign_speed", "--images", str(args.images),
+                           "--peak-memory-gts", "100", "--peak-memory-assigner", assigner],
+                          capture_output=True, text=True, check=True).stdout
 
 
 def main() -> None:
@@ -136,13 +148,14 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-memory-gts", type=int, default=None, help=argparse.SUPPRESS)  # the memory run's own process
+    p.add_argument("--peak-memory-assigner", choices=sorted(ASSIGN), default="paa", help=argparse.SUPPRESS)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     if args.peak_memory_gts is not None:
-        print(json.dumps(peak_memory(args.images, args.peak_memory_gts, args.classes, args.seed)))
+        print(json.dumps(peak_memory(args.images, args.peak_memory_gts, args.classes, args.seed,
+                                     args.peak_memory_assigner)))
         return
-    memory = subprocess.run([sys.executable, "-m", "benchmarks.assign_speed", "--images", str(args.images),
-                             "--peak-memory-gts", "100"], capture_output=True, text=True, check=True).stdout
+    memory = _memory_run(args, "paa")
     print(json.dumps({"images": args.images, "gts_per_image": args.gts, "device": args.device,
                       "cpu_threads": torch.get_num_threads(),
                       "demo_size": compare(args.images, args.gts, args.classes, args.seed, args.device, (160, 213)),

@@ -3,9 +3,11 @@ the definitions (tests/reference_tal.py) and mmdetection 3.3's own code."""
 import pytest
 import torch
 
+from lad_cli.assign import tal as tal_module
 from lad_cli.assign.atss import atss_assign
+from lad_cli.assign.candidates import LevelGrid, rectangle_cells
 from lad_cli.assign.registry import ASSIGNERS
-from lad_cli.assign.tal import TALParams, tal_assign, tal_colearn_assign
+from lad_cli.assign.tal import TALParams, alignment_metric, assign_from_alignment, tal_assign, tal_colearn_assign
 from lad_cli.losses import tal_loss, tal_soft_target
 from lad_cli.structures import BACKGROUND, IGNORE, Predictions, Targets
 from tests.mmdet_reference import load as load_mmdet
@@ -171,3 +173,89 @@ def test_tal_head_loss_trains_on_own_alignment_and_is_finite():
     assert all(torch.equal(own[k], given[k]) for k in own)  # no soft target given = the network's own
     sum(own.values()).backward()
     assert torch.isfinite(cls.grad).all() and cls.grad.abs().sum() > 0
+
+
+# The grid path (assign/tal_grid.py: the CPU at COCO size) against the dense path it replaces
+# there; forced here on small batches.
+
+def dense_tal(anchors, cls, deltas, targets, params=TALParams()):
+    metric, iou = alignment_metric(anchors, cls, deltas, targets, params)
+    return assign_from_alignment(metric, iou, anchors, targets, params)
+
+
+@pytest.fixture
+def grid_path(monkeypatch):
+    monkeypatch.setattr(tal_module, "_DENSE_TRIPLES", 0)
+
+
+def tied_batch(seed, n=4, max_gts=12):
+    """Logits and deltas on a coarse lattice: many anchors share one alignment exactly, also at
+    the k-th place; GTs of every size, some smaller than the stride between anchor centres."""
+    anchors, counts, cls, deltas, targets = batch(seed, n, max_gts, box_noise=0.15)
+    g = torch.Generator().manual_seed(seed)
+    cls, deltas = (cls * 2).round() / 2, (deltas * 4).round() / 4
+    tiny = torch.rand(n, 1, 2, generator=g) * 200
+    boxes = torch.cat([targets.boxes, torch.cat([tiny, tiny + 1.5], -1)], 1)  # no anchor centre inside
+    labels = torch.cat([targets.labels, torch.zeros(n, 1, dtype=torch.int64)], 1)
+    valid = torch.cat([targets.valid, torch.ones(n, 1, dtype=torch.bool)], 1)
+    crowd = torch.tensor([[[0.0, 0, 96, 96]]]).expand(n, 1, 4)
+    return anchors, counts, cls, deltas, Targets(boxes, labels, valid, crowd, torch.ones(n, 1, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_grid_path_equals_the_dense_path_with_ties_tiny_gts_and_crowds(seed, grid_path):
+    anchors, counts, cls, deltas, targets = tied_batch(seed)
+    matched = tal_assign(anchors, counts, cls, deltas, targets)
+    assert torch.equal(matched, dense_tal(anchors, cls, deltas, targets))
+    assert (matched >= 0).sum() > 20 and (matched == IGNORE).any()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grid_path_matches_the_per_gt_loop_and_mmdetection(seed, grid_path):
+    anchors, counts, cls, deltas, targets = batch(seed, box_noise=[0.05, 0.15, 0.5][seed % 3])
+    matched = tal_assign(anchors, counts, cls, deltas, targets)
+    for i in range(4):
+        assert torch.equal(matched[i], reference_tal(anchors, cls[i], deltas[i], *per_image(targets, i)))
+        assert torch.equal(matched[i], mmdet_assign(anchors, cls[i], deltas[i], *per_image(targets, i))[0])
+
+
+def test_grid_path_topk_counts_anchors_outside_the_gt(grid_path):
+    # Anchors 0-3 lie outside the GT but their predicted boxes match it best: they fill GT 0's
+    # topk 4, so anchor 4, inside, gets nothing (topk before the inside test, as mmdetection).
+    anchors = torch.tensor([[100, 100, 120, 120]] * 4 + [[0, 0, 20, 20]], dtype=torch.float32)
+    targets = hand_targets([[0, 0, 20, 20]])
+    deltas = torch.zeros(1, 5, 4)
+    deltas[0, :4, :2] = -100 / 20 / 0.1  # predicted boxes moved onto the GT
+    matched = tal_assign(anchors, [4, 1], torch.zeros(1, 5, 1), deltas, targets, TALParams(topk=4))
+    assert matched.tolist() == [[-1, -1, -1, -1, -1]]
+    assert matched.tolist() == dense_tal(anchors, torch.zeros(1, 5, 1), deltas, targets, TALParams(topk=4)).tolist()
+    assert tal_assign(anchors, [4, 1], torch.zeros(1, 5, 1), deltas, targets, TALParams(topk=5)).tolist() == [[-1] * 4 + [0]]
+
+
+def test_grid_path_non_finite_boxes_rank_as_the_dense_path(grid_path):
+    anchors, counts, cls, deltas, targets = batch(2)
+    deltas[0, ::97] = torch.nan  # a NaN box has IoU NaN with every GT: topk ranks it first
+    deltas[1, ::89, 0] = torch.inf
+    deltas[2, ::83, 2] = -torch.inf
+    matched = tal_assign(anchors, counts, cls, deltas, targets)
+    assert torch.equal(matched, dense_tal(anchors, cls, deltas, targets))
+
+
+def test_grid_path_zero_and_padded_gts(grid_path):
+    anchors, counts, cls, deltas, targets = batch(5, n=3)
+    empty = images_of(targets, slice(0, 0))
+    one_empty = Targets.from_lists([targets.boxes[0, :0], targets.boxes[1, :3]], [targets.labels[0, :0], targets.labels[1, :3]],
+                                   [torch.zeros(0, 4)] * 2)
+    matched = tal_assign(anchors, counts, cls[:2], deltas[:2], one_empty)
+    assert (matched[0] == BACKGROUND).all() and torch.equal(matched, dense_tal(anchors, cls[:2], deltas[:2], one_empty))
+    assert tal_assign(anchors, counts, cls[:0], deltas[:0], empty).shape == (0, len(anchors))
+
+
+def test_rectangle_cells_hand_written():
+    grid = LevelGrid(10, *(torch.arange(4.0) * s for s in (1, 1, 1, 1)))  # 4 x 4 cells from anchor 10
+    cells = rectangle_cells(grid, torch.tensor([1, 0, 3]), torch.tensor([2, 0, 1]), torch.tensor([2, 1, 0]),
+                            torch.tensor([2, 3, 1]))
+    assert cells.slot.tolist() == [0, 0, 0, 0, 2]
+    assert cells.anchor.tolist() == [10 + 9, 10 + 10, 10 + 13, 10 + 14, 10 + 3]  # rows 2, 3 x columns 1, 2; (0, 3)
+    assert cells.column.tolist() == [0, 1, 0, 1, 2]  # in the slots' concatenated column lists
+    assert cells.row.tolist() == [0, 0, 1, 1, 5]  # in the slots' concatenated row lists (slot 1 holds 2..4)

@@ -6,7 +6,9 @@ not a grid, the IoUs are computed densely for a block of GTs at a time (memory b
 whatever N x M x A). On the CPU at COCO size, where that dense matrix dominated the whole
 assignment, anchors laid out as `AnchorLayout` lays them (per level a row-major grid whose
 boxes take their x from their column and their y from their row) are searched per GT and
-level in the rectangle of cells that overlap the GT: a few percent of the pairs.
+level in the rectangle of cells that overlap the GT: a few percent of the pairs. The cells of
+such per-GT rectangles are enumerated by `rectangle_cells`, which the task-aligned assigner's
+grid path (`assign/tal_grid.py`) shares.
 
 Shapes: N images, M GT slots, A anchors, P (image, GT, anchor) pairs.
 """
@@ -131,21 +133,41 @@ def _grid_pairs(anchors: Tensor, grids: list[LevelGrid], targets: Targets) -> tu
         r0, r1 = _overlapping(y1, y2, g.y1, g.y2)
         width, height = (c1 - c0).clamp(min=0) * valid, (r1 - r0).clamp(min=0) * valid
         iw, ih = _extent(x1, x2, g.x1, g.x2, c0, width), _extent(y1, y2, g.y1, g.y2, r0, height)
-        # One run of consecutive anchors per (slot, overlapping row): [row start + c0, + width).
-        run_slot = torch.repeat_interleave(torch.arange(len(boxes)), height)
-        run = torch.arange(len(run_slot))
-        run_row = _at(r0, run_slot) + run - _at(torch.cumsum(height, 0) - height, run_slot)
-        run_len = _at(width, run_slot)
-        pair_run = torch.repeat_interleave(run, run_len)
-        step = torch.arange(len(pair_run)) - _at(torch.cumsum(run_len, 0) - run_len, pair_run)
-        slot = _at(run_slot, pair_run)
-        anchor = _at(g.start + run_row * g.cols + _at(c0, run_slot), pair_run) + step
-        inter = _at(iw, _at(torch.cumsum(width, 0) - width, slot) + step).mul_(_at(ih, pair_run))
-        union = (_at(box_area, slot) + _at(anchor_area, anchor)).sub_(inter)
+        cells = rectangle_cells(g, c0, width, r0, height)
+        inter = _at(iw, cells.column).mul_(_at(ih, cells.row))
+        union = (_at(box_area, cells.slot) + _at(anchor_area, cells.anchor)).sub_(inter)
         ious.append(inter.div_(union.clamp_(min=torch.finfo(inter.dtype).eps)))
-        slots.append(slot)
-        pair_anchors.append(anchor)
+        slots.append(cells.slot)
+        pair_anchors.append(cells.anchor)
     return torch.cat(slots), torch.cat(pair_anchors), torch.cat(ious)
+
+
+@dataclass
+class RectangleCells:
+    """The cells of per-slot rectangles of one level's grid as flat pairs, each (P,) int64: the
+    slot, the anchor, and the cell's position in the slots' concatenated column lists and row
+    lists (to gather values computed once per (slot, column) or per (slot, row))."""
+
+    slot: Tensor
+    anchor: Tensor
+    column: Tensor
+    row: Tensor
+
+
+def rectangle_cells(grid: LevelGrid, c0: Tensor, width: Tensor, r0: Tensor, height: Tensor) -> RectangleCells:
+    """Every cell of each slot's rectangle, `height` rows from row r0 and `width` columns from
+    column c0 (each (S,) int64, width and height >= 0): slot by slot, row-major within a slot,
+    so the anchors of a slot ascend."""
+    # One run of consecutive anchors per (slot, row): [row start + c0, + width).
+    run_slot = torch.repeat_interleave(torch.arange(len(c0)), height)
+    run = torch.arange(len(run_slot))
+    run_row = _at(r0, run_slot) + run - _at(torch.cumsum(height, 0) - height, run_slot)
+    run_len = _at(width, run_slot)
+    pair_run = torch.repeat_interleave(run, run_len)
+    step = torch.arange(len(pair_run)) - _at(torch.cumsum(run_len, 0) - run_len, pair_run)
+    slot = _at(run_slot, pair_run)
+    anchor = _at(grid.start + run_row * grid.cols + _at(c0, run_slot), pair_run) + step
+    return RectangleCells(slot, anchor, _at(torch.cumsum(width, 0) - width, slot) + step, pair_run)
 
 
 def _grid_candidates(anchors: Tensor, grids: list[LevelGrid], targets: Targets, candidate_iou: float) -> Tensor:

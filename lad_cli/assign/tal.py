@@ -5,6 +5,11 @@ Shapes: N images, A anchors, M GT slots (padded, `Targets.valid`), C classes. Th
 torchvision's `matched_idxs` (N, A) int64: GT index, BACKGROUND (-1), IGNORE (-2). The soft
 classification target (the normalised alignment) is not returned: it follows from the
 assignment and the predictions (`losses.tal_soft_target`).
+
+Two ways to the same assignment. On CUDA, for small inputs, or for anchors that are not a grid,
+the alignment is dense (N, M, A) (no host sync). On the CPU at COCO size, where those tensors
+made the batched assignment no faster than a per-GT loop, `assign/tal_grid.py` computes it
+only for the pairs that can reach a GT's topk, found on the anchor grid.
 """
 from dataclasses import asdict, dataclass
 
@@ -14,9 +19,14 @@ from torch import Tensor
 from ..model import coder
 from ..model.boxes import pairwise_iou
 from ..structures import BACKGROUND, Predictions, Targets
+from .candidates import level_grids
 from .colearn import flat_spread
 from .dense import centres_inside, gt_valid, highest_iou_gt, topk_mask
 from .paa import mark_crowd_ignored
+from .tal_grid import grid_tal_assign
+
+# (image, GT, anchor) triples below which the dense path is as fast as the grid search.
+_DENSE_TRIPLES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -62,8 +72,14 @@ def tal_assign(anchors: Tensor, num_per_level: list[int], cls_logits: Tensor, bo
         if targets.labels.shape[1] == 0:
             background = torch.full(cls_logits.shape[:2], BACKGROUND, dtype=torch.int64, device=cls_logits.device)
             return mark_crowd_ignored(background, anchors, targets, params)
-        metric, iou = alignment_metric(anchors, cls_logits, box_deltas, targets, params)
-        return assign_from_alignment(metric, iou, anchors, targets, params)
+        n, m = targets.labels.shape
+        large_on_cpu = cls_logits.device.type == "cpu" and n * m * anchors.shape[0] > _DENSE_TRIPLES
+        grids = level_grids(anchors) if large_on_cpu else None
+        if grids is None:
+            metric, iou = alignment_metric(anchors, cls_logits, box_deltas, targets, params)
+            return assign_from_alignment(metric, iou, anchors, targets, params)
+        return mark_crowd_ignored(grid_tal_assign(anchors, grids, cls_logits, box_deltas, targets, params), anchors,
+                                  targets, params)
 
 
 def _spread(top: Tensor) -> Tensor:
