@@ -18,6 +18,7 @@ renames).
 import errno
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,12 @@ def is_run_folder(folder: Path) -> bool:
 
 
 CACHE_FORMAT = "lad-cache"  # the store's `format` attribute
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(location) -> bool:
+    """An object-store URL (s3://bucket/c.zarr): never a local path (`distill.cache.remote` writes it)."""
+    return isinstance(location, str) and bool(_URL.match(location))
 
 
 def is_cache(folder: Path) -> bool:
@@ -150,7 +157,7 @@ def check_not_an_input(target: Path, inputs: Iterable[Path | str | None]) -> Non
     """Refuse an output that is one of the inputs, lies inside an input folder, or would hold
     an input (replacing it would delete the input)."""
     out = Path(os.path.realpath(target))
-    given = [(str(i), Path(os.path.realpath(i))) for i in inputs if i is not None and str(i) != ""]
+    given = [(str(i), Path(os.path.realpath(i))) for i in inputs if i is not None and str(i) != "" and not is_url(i)]
     for name, source in given:
         if out == source or source in out.parents:
             raise LadError(f"{target}: is {'' if out == source else 'inside '}the input {name}; "

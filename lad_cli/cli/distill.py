@@ -36,8 +36,8 @@ def assign(
     teacher: Annotated[Path, typer.Option(callback=takes("the teacher checkpoint"), help="Teacher checkpoint.")],
     data: Data = None, split: Annotated[str, typer.Option(help="Split to assign.")] = A.split,
     ann: Ann = None, images: Images = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", "--out", callback=takes("the store path (--cache OUT.zarr)"),
-                                                  help="Write the assignments to this zarr store.")] = None,
+    cache: Annotated[Optional[str], typer.Option("--cache", "--out", callback=takes("the store path (--cache OUT.zarr)"),
+                                                 help="Write the assignments to this zarr store (a path, or a URL: s3://BUCKET/NAME.zarr).")] = None,
     views: Annotated[str, typer.Option(callback=check_views, help="Views to assign, at the teacher's training size: e.g. orig,flip.")] = A.views,
     batch: BatchSize = A.batch, device: Device = A.device, amp: Amp = A.amp, workers: Workers = A.workers,
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted cache, skipping finished shards.")] = False,
@@ -65,7 +65,7 @@ def assign(
 @cache_app.command("info")
 @user_errors
 def cache_info(
-    path: Annotated[Path, typer.Argument(help="A cache written by lad assign --cache.")],
+    path: Annotated[str, typer.Argument(help="A cache written by lad assign --cache (a path or a URL).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Entries, completeness, size on disk, provenance and the digest of a cache."""
@@ -82,7 +82,7 @@ def cache_info(
 @cache_app.command("verify")
 @user_errors
 def cache_verify(
-    path: Annotated[Path, typer.Argument(help="A cache written by lad assign --cache.")],
+    path: Annotated[str, typer.Argument(help="A cache written by lad assign --cache (a path or a URL).")],
     data: Data = None, split: Annotated[str, typer.Option(help="Split the cache was made for.")] = "train",
     ann: Ann = None, images: Images = None, strict_boxes: StrictBoxes = False,
 ) -> None:

@@ -97,7 +97,7 @@ def teacher_train(
 def student_train(
     ctx: typer.Context, out: Out, data: Data = None, ann: Ann = None, images: Images = None, split: Split = T.split,
     val_split: ValSplit = T.val_split, arch: Arch = T.arch,
-    cache: Annotated[Optional[Path], typer.Option(callback=takes("the store path"), help="Cached LAD: assignments from this `lad assign --cache` store.")] = None,
+    cache: Annotated[Optional[str], typer.Option(callback=takes("the store path"), help="Cached LAD: assignments from this `lad assign --cache` store (a path, or a URL: s3://BUCKET/NAME.zarr).")] = None,
     teacher: Annotated[Optional[Path], typer.Option(callback=takes("the teacher checkpoint"), help="Online LAD: this teacher checkpoint assigns every iteration.")] = None,
     colearn: Annotated[bool, typer.Option("--colearn", help="Co-learning LAD with a peer network trained alongside.")] = False,
     peer_arch: Annotated[Optional[Literal[ARCHS]], typer.Option(help="Co-learning peer backbone [default: --arch].")] = None,

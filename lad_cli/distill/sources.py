@@ -7,6 +7,7 @@ other hooks have no-op defaults and are overridden where a source needs them.
 """
 import abc
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from ..errors import LadError
 from ..losses import SoftLabelWeights, soft_label_loss
 from ..model.build import load_checkpoint, new_detector, start_from
 from ..model.detector import DetectorConfig, PAADetector
+from ..outputs import is_url
 from ..runtime import console
 from ..structures import Predictions
+from .cache.remote import location
 from .cache.store import AssignmentCache, anchor_counts, file_sha256
 from .cache.verify import cache_info
 from .teacher import Teacher
@@ -164,11 +167,17 @@ class TeacherAssignment(AssignmentSource):
 class CachedDataset(torch.utils.data.Dataset):
     """The training dataset plus each (image, view)'s cached assignment, read in the workers."""
 
-    def __init__(self, dataset: DetectionDataset, cache_path: Path, counts: np.ndarray):
+    def __init__(self, dataset: DetectionDataset, cache_path: Path | str, counts: np.ndarray):
         self.dataset = dataset
         self.cache_path = cache_path
         self.counts = counts
-        self.cache = None  # opened lazily, once per worker process
+        self.cache, self.opened_by = None, None  # opened lazily, once per worker process
+        # obstore's client (a URL cache) hangs in a forked process once its parent used it: the
+        # loader starts the workers of such a cache fresh (`data.loader.make_loader`).
+        self.worker_start_method = "spawn" if is_url(cache_path) else None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "cache": None, "opened_by": None}  # a worker opens its own
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -177,8 +186,8 @@ class CachedDataset(torch.utils.data.Dataset):
         return self.dataset.shapes()
 
     def __getitem__(self, key):
-        if self.cache is None:
-            self.cache = AssignmentCache.open(self.cache_path)
+        if self.opened_by != os.getpid():  # each worker opens its own store
+            self.cache, self.opened_by = AssignmentCache.open(self.cache_path), os.getpid()
         sample = self.dataset[key]
         e = self.cache.entry(*key)
         sample.matched_idxs = torch.from_numpy(self.cache.read(e, int(self.counts[e])))
@@ -193,9 +202,9 @@ class CachedAssignment(AssignmentSource):
     with. The teacher's file and precision are recorded but cannot be checked here (no
     teacher is loaded)."""
 
-    def __init__(self, path: Path, split: CocoSplit, layout, views: list[View], allow_partial: bool,
+    def __init__(self, path: Path | str, split: CocoSplit, layout, views: list[View], allow_partial: bool,
                  assigner: Assigner = ASSIGNERS["paa"], cross_assigner: bool = False):
-        self.path = Path(path)
+        self.path = location(path)  # a URL stays one
         self.cache = AssignmentCache.open(self.path)
         self.layout = layout
         self.split = split
@@ -303,7 +312,7 @@ def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.devi
 
 def _source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, bf16: bool, assigner: Assigner) -> AssignmentSource:
     if cfg.cache:
-        return CachedAssignment(Path(cfg.cache), split, student.config.layout, parse_views(cfg.views, cfg.size, cfg.max_size),
+        return CachedAssignment(cfg.cache, split, student.config.layout, parse_views(cfg.views, cfg.size, cfg.max_size),
                                 cfg.allow_partial, assigner, cfg.cross_assigner)
     if cfg.teacher:
         teacher = Teacher(Path(cfg.teacher), device, bf16)
@@ -338,7 +347,7 @@ def recorded_inputs(cache: str | None, teacher: str | None) -> dict:
     """Input size, views and anchor scale recorded by a cache or a teacher checkpoint (the
     student's defaults for them); {} without either."""
     if cache:
-        store = AssignmentCache.open(Path(cache))
+        store = AssignmentCache.open(cache)
         views = store.attrs["views"]
         base = next((v for v in views if "@" not in v["name"]), views[0])
         return {"size": base["short_side"], "max_size": base["max_side"], "views": ",".join(v["name"] for v in views),

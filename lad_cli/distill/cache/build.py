@@ -12,14 +12,15 @@ from ...data.dataset import DetectionDataset
 from ...data.loader import make_loader
 from ...data.views import parse_views
 from ...errors import LadError
-from ...outputs import CACHE, Claim, checkpoint_inputs
-from ...outputs import claim as claim_output
+from ...outputs import Claim, checkpoint_inputs
 from ...progress import progress_bar
 from ...runtime import use_bf16
 from ..config import AssignConfig
 from ..stats import AssignStats
 from ..teacher import Teacher
+from .remote import has_store, location
 from .store import PAD, AssignmentCache, Provenance, anchor_counts, entries_per_shard, file_sha256
+from .url_claim import UrlClaim, claim_store
 
 
 def provenance_for(teacher: Teacher, split, views, assigner: Assigner) -> Provenance:
@@ -29,13 +30,13 @@ def provenance_for(teacher: Teacher, split, views, assigner: Assigner) -> Proven
                       categories=split.categories)
 
 
-def open_or_create(claim: Claim, provenance: Provenance, image_ids, padded, max_anchors, shard_entries,
+def open_or_create(claim: Claim | UrlClaim, provenance: Provenance, image_ids, padded, max_anchors, shard_entries,
                    resume: bool) -> AssignmentCache:
     """The store at `claim.where`: reopened to finish it (--resume, checked to be the same
     computation), or created empty. A new store is put in place at once (`--resume` and
     `cache info` find it while it fills); a replacement stays beside the old one until done."""
     where = claim.where
-    if resume and (where / "zarr.json").exists():
+    if resume and has_store(where):
         cache = AssignmentCache.open(where, mode="r+")
         field = cache.provenance.mismatch(provenance)
         if field:
@@ -89,7 +90,7 @@ def run_assign(cfg: AssignConfig, given: set[str] | None = None) -> dict | None:
                 cache = AssignmentCache.open(claim.target)
     finally:
         for claim in claims:  # a replacement with finished shards is kept for --resume
-            claim.release(discard=not (claim.where / "zarr.json").exists())
+            claim.release(discard=not has_store(claim.where))
     if every is None:
         return None
     computed = sum(t for t, _ in every)
@@ -124,8 +125,7 @@ def _open_store(cfg: AssignConfig, ctx: dist.Dist, provenance: Provenance, split
     """Rank 0 claims the store's path (`outputs.claim`), checks and creates (or reopens,
     --resume) the store; then the others open it where rank 0 put it."""
     def create() -> str:
-        claim = claim_output(Path(cfg.cache), CACHE, cfg.overwrite, assign_inputs(cfg), resume=cfg.resume,
-                             hint="--resume to finish it or ")
+        claim = claim_store(cfg.cache, cfg.overwrite, assign_inputs(cfg), cfg.resume, hint="--resume to finish it or ")
         claims.append(claim)
         cache = open_or_create(claim, provenance, [r.id for r in split.images], padded, int(counts.max(initial=1)),
                                cfg.shard_entries, cfg.resume)
@@ -133,7 +133,7 @@ def _open_store(cfg: AssignConfig, ctx: dist.Dist, provenance: Provenance, split
         return str(cache.path)
     created = {}
     path = dist.on_main(ctx, create)
-    return created.get("cache") or AssignmentCache.open(Path(path), mode="r+")
+    return created.get("cache") or AssignmentCache.open(location(path), mode="r+")
 
 
 def assign_inputs(cfg: AssignConfig) -> list:

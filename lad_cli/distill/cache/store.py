@@ -29,12 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from obstore.exceptions import BaseError as StoreRequestError
 from zarr.abc.store import SuffixByteRequest
 from zarr.codecs import BloscCodec
 from zarr.storage import StorePath
 
 from ...errors import LadError
-from ...outputs import CACHE_FORMAT
+from ...outputs import CACHE_FORMAT, is_url
+from .remote import (ShardObjects, check_reachable, location, reading_location, request_failure, store_error,
+                     stored_bytes, zarr_store)
 
 FORMAT = CACHE_FORMAT
 FORMAT_VERSION = 1
@@ -116,8 +119,14 @@ async def _keys_under(folder: StorePath) -> list[str]:
 
 
 class AssignmentCache:
-    def __init__(self, path: Path, group: zarr.Group, writable: bool = False):
-        self.path = Path(path)
+    """A store at a local path or a URL (`remote`). `path` names it in messages (a Path, or the
+    URL as a string); `stored_at` is where it is read (a URL store's replacement while it is
+    being copied in place); `reads`: the `matched` array the entries are read through."""
+
+    def __init__(self, path: Path | str, group: zarr.Group, writable: bool = False,
+                 stored_at: Path | str | None = None, reads: zarr.Array | None = None):
+        self.path = location(path)
+        self.stored_at = self.path if stored_at is None else stored_at
         self.group = group
         self.writable = writable
         attrs = dict(group.attrs)
@@ -127,6 +136,7 @@ class AssignmentCache:
         self.shard_entries = attrs["shard_entries"]
         self.provenance = Provenance(**{k: attrs[k] for k in Provenance.__dataclass_fields__})
         self._matched = group["matched"]
+        self._reads = self._matched if reads is None else reads
         self._crc = None
         self._slab: tuple[int, np.ndarray] | None = None
 
@@ -139,16 +149,15 @@ class AssignmentCache:
         return -(-self.num_entries // self.shard_entries)
 
     @staticmethod
-    def create(path: Path, provenance: Provenance, image_ids: list[int], padded_hw: np.ndarray,
+    def create(path: Path | str, provenance: Provenance, image_ids: list[int], padded_hw: np.ndarray,
                max_anchors: int, shard_entries: int) -> None:
         """A new, empty store (every entry not done) in the empty folder `path`, which the
         caller claimed (`outputs.claim`: it is staged beside the output and renamed into
         place, so a kill or a full disk during creation leaves no half-made store).
         padded_hw: (E, 2). Raises OSError (the caller names the output)."""
-        path = Path(path)
         entries = len(padded_hw)
         shard = entries_per_shard(shard_entries, entries)
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group = zarr.open_group(zarr_store(location(path)), mode="w", zarr_format=3)
         group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "num_images": len(image_ids),
                             "image_ids": [int(i) for i in image_ids], "shard_entries": shard,
                             "max_anchors": max_anchors, **_plain(provenance.__dict__)})
@@ -160,21 +169,33 @@ class AssignmentCache:
         group.create_array("entries", shape=(entries, 4), dtype="int64", chunks=(shard, 4), fill_value=0)[:] = table
 
     @staticmethod
-    def open(path: Path, mode: str = "r") -> "AssignmentCache":
-        path = Path(path)
-        if not (path / "zarr.json").is_file():
-            raise LadError(f"{path}: not an assignment cache (no zarr.json)")
+    def open(path: Path | str, mode: str = "r") -> "AssignmentCache":
+        path = location(path)
+        if is_url(path):
+            check_reachable(path)
+            stored_at = reading_location(path) if mode == "r" else path
+        else:
+            stored_at = path
+            if not (path / "zarr.json").is_file():
+                raise LadError(f"{path}: not an assignment cache (no zarr.json)")
         try:
-            group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+            group = zarr.open_group(zarr_store(stored_at, read_only=mode == "r"), mode=mode, zarr_format=3)
             attrs = dict(group.attrs)
+        except StoreRequestError as exc:
+            raise store_error(str(path), exc) from None
         except Exception as exc:
+            if is_url(path) and isinstance(exc, FileNotFoundError):  # zarr's GroupNotFoundError: no zarr.json there
+                raise LadError(f"{path}: not an assignment cache (no zarr.json)") from None
             raise LadError(f"{path}: unreadable cache ({type(exc).__name__})") from None
         if attrs.get("format") != FORMAT:
             raise LadError(f"{path}: not an assignment cache")
         if attrs.get("format_version") != FORMAT_VERSION:
             raise LadError(f"{path}: cache format version {attrs.get('format_version')}, this lad reads {FORMAT_VERSION}")
+        # A reader of a URL store reads each shard object once (`remote.ShardObjects`).
+        reads = zarr.open_array(ShardObjects(group.store), path="matched", mode="r") \
+            if is_url(stored_at) and mode == "r" and "matched" in group else None
         try:
-            return AssignmentCache(path, group, writable=mode != "r")
+            return AssignmentCache(path, group, writable=mode != "r", stored_at=stored_at, reads=reads)
         except KeyError as exc:
             raise LadError(f"{path}: unreadable cache ({exc} missing)") from None
 
@@ -188,7 +209,13 @@ class AssignmentCache:
             keep = {"zarr.json", *(array.metadata.encode_chunk_key((s, 0)) for s in range(self.num_shards))}
             for key in asyncio.run(_keys_under(array.store_path)):
                 if key not in keep:
-                    (array.store_path / key).delete_sync()
+                    self._delete(array.store_path / key)
+
+    def _delete(self, stored: StorePath) -> None:
+        if is_url(self.stored_at):  # zarr's ObjectStore answers asynchronously only
+            asyncio.run(stored.delete())
+        else:
+            stored.delete_sync()
 
     def _shard_file(self, shard: int) -> StorePath:
         """Where `matched`'s shard is stored (sharded: one stored object per shard, keyed by its
@@ -199,9 +226,15 @@ class AssignmentCache:
         """Whether `matched`'s shard file is there and readable: its last byte is read, no
         chunk is decoded (`verify` reads them all)."""
         try:
-            tail = self._shard_file(shard).get_sync(byte_range=SuffixByteRequest(1))
+            request = self._shard_file(shard)
+            if is_url(self.stored_at):  # zarr's ObjectStore answers asynchronously only
+                tail = asyncio.run(request.get(byte_range=SuffixByteRequest(1)))
+            else:
+                tail = request.get_sync(byte_range=SuffixByteRequest(1))
         except OSError:
             return False
+        except StoreRequestError as exc:
+            raise store_error(str(self.path), exc) from None
         return tail is not None and len(tail) > 0
 
     def label(self, e: int) -> str:
@@ -239,6 +272,8 @@ class AssignmentCache:
             r = self.shard_range(shard)
             try:
                 rows[r.start:r.stop] = self.group["entries"][r.start:r.stop]
+            except StoreRequestError as exc:
+                raise store_error(str(self.path), exc) from None
             except Exception as exc:
                 if not self.writable:
                     raise LadError(f"{self.path}: the entry table of shard {shard} (entries {r.start}-{r.stop - 1}) is "
@@ -282,11 +317,12 @@ class AssignmentCache:
         try:
             # zarr reads a shard file before rewriting it, and a corrupt one (the reason this shard
             # may be recomputed) would block the write; the shard is written whole, so drop it first.
-            self._shard_file(shard).delete_sync()
+            self._delete(self._shard_file(shard))
             self._matched[r.start:r.stop] = matched
             self.group["entries"][r.start:r.stop] = rows
-        except OSError as exc:
-            raise LadError(f"{self.path}: cannot write shard {shard} ({exc.strerror}); the finished shards are kept, "
+        except (OSError, StoreRequestError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else request_failure(exc)
+            raise LadError(f"{self.path}: cannot write shard {shard} ({why}); the finished shards are kept, "
                            "lad assign --resume continues") from None
 
     def read(self, e: int, num_anchors: int) -> np.ndarray:
@@ -297,7 +333,9 @@ class AssignmentCache:
         if self.shard_entries * self.attrs["max_anchors"] * 2 <= SLAB_BYTES and (self._slab is None or self._slab[0] != shard):
             r = self.shard_range(shard)
             try:
-                self._slab = (shard, self._matched[r.start:r.stop])
+                self._slab = (shard, self._reads[r.start:r.stop])
+            except StoreRequestError as exc:
+                raise store_error(str(self.path), exc) from None
             except Exception:  # a chunk that does not decode: read entry by entry, so the error names it
                 self._slab = None
         if self._slab is not None and self._slab[0] == shard:
@@ -310,7 +348,9 @@ class AssignmentCache:
 
     def _row(self, e: int) -> np.ndarray:
         try:
-            return self._matched[e]
+            return self._reads[e]
+        except StoreRequestError as exc:
+            raise store_error(str(self.path), exc) from None
         except Exception as exc:
             raise LadError(f"{self.path}: {self.label(e)} is corrupt (its chunk does not decode: {type(exc).__name__})") from None
 
@@ -320,7 +360,9 @@ class AssignmentCache:
         for shard in range(self.num_shards):
             r = self.shard_range(shard)
             try:
-                slab = self._matched[r.start:r.stop]
+                slab = self._reads[r.start:r.stop]
+            except StoreRequestError as exc:
+                raise store_error(str(self.path), exc) from None
             except Exception:
                 slab = np.stack([self._row(e) for e in r])
             yield r, slab
@@ -337,10 +379,14 @@ class AssignmentCache:
                 h.update(per_entry[self.entry(int(image), view)])
         return h.hexdigest()
 
+    def fetched_bytes(self) -> int | None:
+        """Bytes of shard objects this reader fetched from a URL store (None: a local store)."""
+        store = self._reads.store_path.store
+        return store.fetched_bytes if isinstance(store, ShardObjects) else None
+
     def bytes_on_disk(self) -> tuple[int, int]:
-        """(total bytes, number of files) of the store."""
-        files = [p for p in self.path.rglob("*") if p.is_file()]
-        return sum(p.stat().st_size for p in files), len(files)
+        """(total bytes, number of files or objects) of the store."""
+        return stored_bytes(self.stored_at)
 
 
 def anchor_counts(padded_hw: np.ndarray, layout) -> np.ndarray:
