@@ -1,5 +1,5 @@
 """Faults: kills, corrupted stores, mismatched caches, full disks, non-finite losses, existing
-output. Each test is one guarantee of README "Failures and recovery". The kill tests run the
+output. Each test is one guarantee of docs/failures.md. The kill tests run the
 CLI in real processes and SIGKILL them; the rest run in-process."""
 import errno
 import io
@@ -252,7 +252,7 @@ def test_corrupted_store_is_detected_naming_the_entry(cache, teacher, synth_data
     line = error_line(result)  # every image is read once per epoch, in one of its two views
     assert any(line.startswith(f"error: {store}: entry {e} (image id {image_id}, view {v}) is corrupt")
                for e, v in ((10, "orig"), (11, "flip"))), line
-    # The repair the README gives: drop the shard's rows, and --resume recomputes that shard only.
+    # The repair docs/failures.md gives: drop the shard's rows, and --resume recomputes that shard only.
     (store / "entries" / "c" / "5" / "0").unlink()
     result = invoke(*assign_args(teacher, synth_data, store), "--resume")
     assert result.exit_code == 0, result.output

@@ -1,5 +1,6 @@
 """lad show-assign and lad plot: the PNGs, what is drawn where, the JSON summaries, the errors;
-and the per-GT mixture fits they draw against paa_assign and sklearn."""
+the per-GT mixture fits they draw against paa_assign and sklearn; predict's drawings (scaled up,
+labels placed apart, a legend)."""
 import json
 import shutil
 
@@ -11,7 +12,7 @@ from sklearn.mixture import GaussianMixture
 
 from lad_cli.assign.inspect import gt_fits
 from lad_cli.assign.paa import paa_assign
-from lad_cli.viz import plot, show_assign
+from lad_cli.viz import detections, plot, show_assign
 from lad_cli.viz.draw import DPI, palette, save_png
 from tests.conftest import TINY, invoke
 from tests.test_assign import random_batch
@@ -175,3 +176,47 @@ def test_plot_errors(run, tmp_path):
     result = invoke("plot", broken, "--out", tmp_path / "x.png")
     assert result.exit_code == 2 and "metrics.jsonl: line 8 is not JSON" in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_labels_hide_no_earlier_label_and_no_box_edge_when_there_is_room():
+    # Three boxes sharing a top-left corner (a detection and two near-duplicates): one label
+    # place each, none over another label or any box's outline.
+    boxes = [(100, 100, 300, 300), (100, 100, 260, 280), (104, 104, 300, 220)]
+    sizes = [(60, 18)] * 3
+    placed = detections.place_labels(boxes, sizes, (512, 512))
+    outlines = [s for box in boxes for s in detections._edges(box, detections.LINE_PX)]
+    for i, label in enumerate(placed):
+        assert label[2] - label[0] == 60 and label[3] - label[1] == 18
+        assert 0 <= label[0] and 0 <= label[1] and label[2] <= 512 and label[3] <= 512
+        assert all(detections._overlap(label, other) == 0 for other in placed[:i])
+        assert all(detections._overlap(label, strip) == 0 for strip in outlines)
+    assert placed[0] == (100, 82, 160, 100)  # the first goes above its box
+    # A box at the top edge: no room above, the label goes inside its top.
+    assert detections.place_labels([(10, 0, 200, 100)], [(50, 16)], (512, 512)) == \
+        [(10 + detections.LINE_PX, detections.LINE_PX, 60 + detections.LINE_PX, 16 + detections.LINE_PX)]
+
+
+def grey_picture(tmp_path, side):
+    path = tmp_path / f"grey{side}.png"
+    Image.new("RGB", (side, side), (128, 128, 128)).save(path)
+    return path
+
+
+def test_small_images_are_scaled_up_and_text_keeps_its_size_in_pixels(tmp_path):
+    categories = [{"id": 3, "name": "disc"}, {"id": 7, "name": "star"}]
+    record = {"category_id": 7, "score": 0.87}
+    small = detections.draw_detections(grey_picture(tmp_path, 64), [{**record, "bbox": [8, 16, 16, 8]}], categories)
+    readable = detections.draw_detections(grey_picture(tmp_path, 512), [{**record, "bbox": [64, 128, 128, 64]}], categories)
+    large = detections.draw_detections(grey_picture(tmp_path, 1024), [{**record, "bbox": [128, 256, 256, 128]}], categories)
+    # 64 px is drawn at 512: the very picture of a 512 px image with the box 8 times larger.
+    assert small.size[0] == 512 and np.array_equal(np.asarray(small), np.asarray(readable))
+    # A 1024 px image is not scaled; its label has the same pixels as at 512, above its box.
+    label = np.asarray(readable)[100:128, 64:140]
+    assert np.array_equal(np.asarray(large)[228:256, 128:204], label)
+    star = np.round(np.array(palette(1)) * 255)
+    rows, cols = np.nonzero((np.abs(label - star).max(-1) == 0))  # the label, filled in the class colour
+    assert cols.min() == 0 and rows.max() == 27 and 12 <= rows.max() - rows.min() + 1 <= 24  # above the box, text-high
+    # Below the image, the legend: a swatch of every class in its colour.
+    band = np.asarray(small)[512:]
+    for i in range(2):
+        assert (np.abs(band - np.round(np.array(palette(i)) * 255)).max(-1) == 0).sum() >= 100

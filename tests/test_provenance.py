@@ -1,5 +1,5 @@
 """A cached student compares the store's provenance with what it knows itself: one test per
-refused field, each with a cache that was really made differently (README "Failures and
+refused field, each with a cache that was really made differently (docs/failures.md "Failures and
 recovery": "cache of another setup")."""
 import json
 

@@ -56,7 +56,7 @@ def data_convert(
     """Convert a Pascal VOC or ultralytics YOLO dataset to the layout lad reads.
 
     Prints per split the images, boxes, negatives, and the boxes clipped to their image or
-    skipped (no area inside it) as JSON. See README, "Data".
+    skipped (no area inside it) as JSON. See docs/data.md.
     """
     from ..data.convert import convert
 

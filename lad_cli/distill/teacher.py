@@ -70,7 +70,7 @@ class Teacher:
 
     def numerics(self) -> dict:
         """What decides the bits of this teacher's outputs besides its file and the data (the
-        store records it; README "Cache format" says when two stores are bit-identical): the
+        store records it; docs/cache.md says when two stores are bit-identical): the
         device type and model, torch's intra-op thread count (CPU convolutions sum in another
         order with another count), torch's version and the precision; on CUDA also the CUDA and
         cuDNN versions and the kernel settings of `deterministic_cuda`."""

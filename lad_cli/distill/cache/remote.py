@@ -1,7 +1,7 @@
 """Caches on object storage: `--cache s3://bucket/prefix/c.zarr` (or gs://, az://, http(s)://).
 
 The zarr store is zarr's `ObjectStore` over obstore (chosen by measurement against FsspecStore
-over s3fs: 2-4x faster to create, write a shard and read an entry; see the README, "Clusters
+over s3fs: 2-4x faster to create, write a shard and read an entry; see docs/scaling.md, "Clusters
 without a shared file system"). Credentials, endpoint and region come from the environment
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ...). Every
 request is retried at most twice and gives up within seconds: a missing bucket, refused
