@@ -3,6 +3,7 @@ APIs of typer/click and torch that lad relies on."""
 import json
 import shutil
 
+import pytest
 import torch
 import typer
 
@@ -85,3 +86,34 @@ def test_amp_auto_on_the_cpu_reads_torchs_public_capabilities(monkeypatch):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
         assert use_bf16(cpu, "auto") == bf16, capabilities
         assert use_bf16(cpu, "off") is False and use_bf16(cpu, "bf16") is True
+
+
+# --- a teacher whose outputs are not finite ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def overflowing_teacher(teacher, tmp_path_factory):
+    """The session teacher with class weights so large (3e38: finite, so the reader takes them)
+    that its class logits overflow to inf."""
+    ckpt = torch.load(teacher, map_location="cpu", weights_only=True)
+    ckpt["model"]["head.cls_out.weight"] = torch.full_like(ckpt["model"]["head.cls_out.weight"], 3e38)
+    path = tmp_path_factory.mktemp("overflowing") / "teacher.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_assign_refuses_a_teacher_whose_outputs_are_not_finite(overflowing_teacher, synth_data, tmp_path):
+    # before: exit 0, a store whose every anchor was background
+    result = invoke("assign", "--teacher", overflowing_teacher, "--data", synth_data, "--cache", tmp_path / "c.zarr",
+                    "--device", "cpu", "--views", "orig")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr, result.output
+    line = " ".join(result.stderr.split())
+    assert f"{overflowing_teacher}: the teacher's outputs are NaN or infinite on image id(s) " in line
+    assert "it cannot assign (every anchor would be background)" in line
+
+
+def test_online_lad_stops_on_a_teacher_whose_outputs_are_not_finite(overflowing_teacher, synth_data, tmp_path):
+    result = invoke("student-train", "--teacher", overflowing_teacher, "--data", synth_data, "--out", tmp_path / "run",
+                    "--epochs", "1", "--val-split", "", *TINY)
+    assert result.exit_code == 2, result.output
+    assert "iteration 1: non-finite teacher_outputs (inf); stopped, last good checkpoint: none saved yet" in \
+        " ".join(result.stderr.split())

@@ -41,6 +41,7 @@ class SourceOutput:
     stats: dict[str, Tensor] = field(default_factory=dict)  # scalars logged with the losses
     teacher: Predictions | None = None  # the teacher's outputs, for soft-label terms
     soft_target: Tensor | None = None  # (N, A): the classification target of the positives (None: the assigner's own)
+    checks: dict[str, Tensor] = field(default_factory=dict)  # 0-dim values the step stops on when not finite
 
 
 class AssignmentSource(abc.ABC):
@@ -155,7 +156,8 @@ class TeacherAssignment(AssignmentSource):
             return SourceOutput(own.matched_idxs, self.assigner, teacher=self.teacher.predict(batch.images))
         matched, teacher_pred = self.teacher.assign(batch)
         soft_target = self.assigner.soft_target(anchors, teacher_pred, matched, batch.targets) if self.teacher_target else None
-        return SourceOutput(matched, self.assigner, teacher=teacher_pred if self.soft else None, soft_target=soft_target)
+        return SourceOutput(matched, self.assigner, teacher=teacher_pred if self.soft else None, soft_target=soft_target,
+                            checks={"teacher_outputs": self.teacher.largest_output(teacher_pred)})
 
     def extra_losses(self, batch: Batch, preds: dict[str, Predictions], out: SourceOutput, anchors: Tensor) -> dict[str, Tensor]:
         if self.soft is None:

@@ -68,6 +68,13 @@ class Teacher:
             anchors, counts = self.model.anchors(batch.padded_hw, self.device)
             return (assigner or self.assigner).assign(anchors, counts, pred, batch.targets), pred
 
+    @staticmethod
+    def largest_output(pred: Predictions) -> Tensor:
+        """The largest |value| among the teacher's outputs, 0-dim float32: NaN or inf when any
+        output is. A teacher whose outputs are not finite assigns every anchor to background
+        without any error downstream, so its users check this (no sync: they decide when)."""
+        return torch.stack([t.detach().float().abs().amax() for t in (pred.cls_logits, pred.box_deltas, pred.iou_logits)]).amax()
+
     def numerics(self) -> dict:
         """What decides the bits of this teacher's outputs besides its file and the data (the
         store records it; docs/cache.md says when two stores are bit-identical): the

@@ -47,13 +47,15 @@ def train_step(models, source: AssignmentSource, batch, optimizer, params, weigh
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     # One host sync per step (as GradScaler's). Averaged over processes (a NaN anywhere is a NaN
     # everywhere), so that under DDP every process skips or stops at the same step.
-    checked = dist.process_mean(torch.stack([v.detach().float() for v in (*losses.values(), loss, grad_norm)]))
+    # A teacher's non-finite outputs (`assigned.checks`) stop the step too: they would assign background silently.
+    checked = dist.process_mean(torch.stack([v.detach().float() for v in (*losses.values(), loss, grad_norm,
+                                                                          *assigned.checks.values())]))
     if not bool(torch.isfinite(checked).all()):
         bad = int((~torch.isfinite(checked)).nonzero()[0])
         optimizer.zero_grad(set_to_none=True)
         for b, before in zip(norm_stats, norm_stats_before):
             b.copy_(before)
-        raise NonFiniteLoss([*losses, "loss", "grad_norm"][bad], checked[bad].item())
+        raise NonFiniteLoss([*losses, "loss", "grad_norm", *assigned.checks][bad], checked[bad].item())
     optimizer.step()
     return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, **assigned.stats}
 

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ... import dist
 from ...assign.registry import ASSIGNERS, Assigner
@@ -159,7 +160,12 @@ def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: 
         task = bar.add_task("assign", total=total, info="")
         for i, (entries, batch) in enumerate(zip(plan, loader)):
             batch = batch.to(ctx.device)
-            matched = teacher.assign(batch, assigner)[0].cpu()
+            matched, pred = teacher.assign(batch, assigner)
+            if not bool(torch.isfinite(teacher.largest_output(pred))):  # the pass syncs here anyway (.cpu())
+                ids = sorted({dataset.split.images[keys[e][0]].id for e in entries})
+                raise LadError(f"{teacher.path}: the teacher's outputs are NaN or infinite on image id(s) "
+                               f"{', '.join(map(str, ids))}: it cannot assign (every anchor would be background)")
+            matched = matched.cpu()
             if cache is None:
                 anchors, per_level = teacher.model.anchors(batch.padded_hw, ctx.device)
                 cand = assigner.candidates(anchors, batch.targets)
