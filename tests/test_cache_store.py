@@ -15,15 +15,9 @@ import torch
 
 from lad_cli.distill.cache.store import AssignmentCache
 from lad_cli.errors import LadError
-from tests.conftest import TINY, invoke
+from tests.conftest import TINY, assign_args, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def assign_args(teacher, data, cache, *extra):
-    # 12 images x 2 views, 2 entries per shard: 12 shards
-    return ["assign", "--teacher", teacher, "--data", data, "--cache", cache, "--batch", "2", "--device", "cpu",
-            "--amp", "off", "--shard-entries", "2", *extra]
 
 
 def error_line(result) -> str:
@@ -44,13 +38,10 @@ def stored_files(folder: Path) -> list:
     return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
 
 
-@pytest.fixture(scope="module")
-def store(teacher, synth_data, tmp_path_factory):
+@pytest.fixture
+def store(reference_store):
     """A complete store every test copies before changing it."""
-    path = tmp_path_factory.mktemp("cache_store") / "reference.zarr"
-    result = invoke(*assign_args(teacher, synth_data, path))
-    assert result.exit_code == 0, result.output
-    return path
+    return reference_store
 
 
 def copy_of(store: Path, tmp_path: Path) -> Path:

@@ -21,7 +21,7 @@ from lad_cli.assign import registry
 from lad_cli.distill.cache.store import AssignmentCache
 from lad_cli.engine import loop
 from lad_cli.model.build import load_checkpoint
-from tests.conftest import TINY, invoke
+from tests.conftest import TINY, assign_args, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -36,12 +36,6 @@ def error_line(result) -> str:
     return lines[0]
 
 
-def assign_args(teacher, data, cache):
-    # 12 images x 2 views, one image per shard: 12 shards, so kills land between shards
-    return ["assign", "--teacher", teacher, "--data", data, "--cache", cache, "--batch", "2", "--device", "cpu",
-            "--shard-entries", "2"]
-
-
 def info(path) -> dict:
     result = invoke("cache", "info", path, "--json")
     assert result.exit_code == 0, result.output
@@ -52,13 +46,10 @@ def tree_bytes(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def cache(teacher, synth_data, tmp_path_factory):
+@pytest.fixture
+def cache(reference_store):
     """The uninterrupted store every interrupted one must equal."""
-    path = tmp_path_factory.mktemp("faults") / "reference.zarr"
-    result = invoke(*assign_args(teacher, synth_data, path))
-    assert result.exit_code == 0, result.output
-    return path
+    return reference_store
 
 
 # --- 1. killed `lad assign` ------------------------------------------------------------------

@@ -10,13 +10,13 @@ from lad_cli.assign.registry import ASSIGNERS
 from tests.conftest import TINY, invoke
 
 
-def edited_annotations(synth_data, tmp_path, change) -> list:
-    """--ann/--images of the training split with its annotation file changed by `change`."""
-    doc = json.loads((synth_data / "annotations" / "train.json").read_text())
+def edited_annotations(synth_data, tmp_path, change, split: str = "train") -> list:
+    """--ann/--images of a split of the embedded data with its annotation file changed by `change`."""
+    doc = json.loads((synth_data / "annotations" / f"{split}.json").read_text())
     change(doc)
-    ann = tmp_path / "train.json"
+    ann = tmp_path / f"{split}.json"
     ann.write_text(json.dumps(doc))
-    return ["--ann", ann, "--images", synth_data / "images" / "train"]
+    return ["--ann", ann, "--images", synth_data / "images" / split]
 
 
 def rename_a_category(doc):  # the teacher accepts it (same category ids), the names differ

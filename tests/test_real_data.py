@@ -18,6 +18,7 @@ from lad_cli.data.views import View
 from lad_cli.engine.evaluate import METRIC_KEYS, coco_metrics
 from lad_cli.errors import LadError
 from tests.conftest import TINY, invoke
+from tests.test_provenance import edited_annotations
 from tests.test_scorer import pycocotools_stats
 
 BAD_BOX = {"bbox": [10, 10, 0, 12], "area": 0.0, "iscrowd": 0}  # zero width, as in COCO's train2017
@@ -41,11 +42,7 @@ def ann(id, bbox, iscrowd=0, image_id=1, category_id=3):
 
 def synth_val_with(synth_data, tmp_path, change) -> list:
     """--ann/--images options of a copy of the embedded val split changed by `change(doc)`."""
-    doc = json.loads((synth_data / "annotations" / "val.json").read_text())
-    change(doc)
-    path = tmp_path / "val.json"
-    path.write_text(json.dumps(doc))
-    return ["--ann", path, "--images", synth_data / "images" / "val"]
+    return edited_annotations(synth_data, tmp_path, change, split="val")
 
 
 def add_bad_box(doc):

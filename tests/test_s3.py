@@ -20,7 +20,7 @@ from lad_cli.distill.cache.store import AssignmentCache, anchor_counts
 from lad_cli.model.anchors import AnchorLayout
 from lad_cli.distill.cache.url_claim import Lock
 from lad_cli.distill.cache.remote import object_store
-from tests.conftest import TINY, invoke
+from tests.conftest import TINY, assign_args, invoke
 from tests.test_faults import PACED_ASSIGN, error_line, run_and_kill
 
 BUCKET = "lad-test"
@@ -71,12 +71,6 @@ def s3():
 def url(tmp_path, name="c.zarr") -> str:
     """A store URL of its own per test (the test's temp folder name is unique)."""
     return f"s3://{BUCKET}/{tmp_path.name}/{name}"
-
-
-def assign_args(teacher, data, cache, *extra):
-    # 12 images x 2 views, one image per shard: 12 shards, so kills land between shards
-    return ["assign", "--teacher", teacher, "--data", data, "--cache", cache, "--batch", "2", "--device", "cpu",
-            "--amp", "off", "--shard-entries", "2", *extra]
 
 
 def info(path) -> dict:

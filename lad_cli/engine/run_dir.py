@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from ..errors import LadError
-from ..outputs import RUN_FOLDER, Claim, is_run_folder, replace_durably, write_text
+from ..outputs import RUN_FOLDER, Claim, is_run_folder, write_text
 from ..outputs import claim as claim_output
 
 CHECKPOINTS = ("last.pt", "best.pt", "peer_last.pt", "peer_best.pt")
@@ -67,9 +67,7 @@ class MetricsLog:
         try:
             if keep_lines is not None:
                 kept = self.whole_records(self.path.read_bytes() if self.path.exists() else b"")[:keep_lines]
-                staged = self.path.with_name(f".{self.path.name}.resume.tmp")  # a kill here keeps the old log
-                staged.write_text("".join(line + "\n" for line in kept))
-                replace_durably(staged, self.path)
+                write_text(self.path, "".join(line + "\n" for line in kept))  # a kill here keeps the old log
                 self.lines, self.lost = len(kept), keep_lines - len(kept)
             self.file = open(self.path, "a")
         except OSError as exc:
