@@ -101,7 +101,12 @@ def main() -> None:
     parser.add_argument("--stores", default="disk,s3", help="disk, s3 (moto's server on the loopback address), or both")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    root = Path(tempfile.mkdtemp(prefix="lad-loader-"))
+    with tempfile.TemporaryDirectory(prefix="lad-loader-") as folder:  # about 1 GB of runs and stores
+        result = measure(Path(folder), args)
+    print(json.dumps(result))
+
+
+def measure(root: Path, args) -> dict:
     data, cache = cached_setup(root, args.images, args.device)
     result = {"images": args.images, "batch": SCHEDULE["batch"], "size": MODEL["size"], "device": args.device,
               "cpu_threads": torch.get_num_threads()}
@@ -121,7 +126,7 @@ def main() -> None:
             disk = result["disk"].get(key, {}).get("data_wait_fraction")
             if disk:
                 result["s3"][key]["s3_over_disk"] = round(result["s3"][key]["data_wait_fraction"] / disk, 3)
-    print(json.dumps(result))
+    return result
 
 
 def wait_by_workers(data: Path, cache: str, root: Path, args) -> dict:

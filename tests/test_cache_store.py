@@ -111,15 +111,16 @@ def test_resume_removes_leftovers_of_interrupted_writes_whatever_their_name(stor
     assert stored_files(path) == stored_files(store) and info(path)["digest"] == info(store)["digest"]
 
 
-# The CLI with the teacher slowed down (0.1 s per image), so that a run of 24 entries lasts
-# seconds after its first shard: a test interrupts it mid-run, as Ctrl-C would.
+# The CLI with the teacher slowed down (0.5 s per image), so that a run of 24 entries lasts
+# ten seconds after its first shard: a test interrupts it mid-run, as Ctrl-C would (at 0.1 s
+# a loaded machine's poll of the store saw the first shard only once the run had ended).
 SLOW_ASSIGN = """
 import time
 from lad_cli.cli import main
 from lad_cli.distill.teacher import Teacher
 predict = Teacher.predict
 def slow(self, images):
-    time.sleep(0.1 * len(images))
+    time.sleep(0.5 * len(images))
     return predict(self, images)
 Teacher.predict = slow
 main()
