@@ -177,6 +177,7 @@ class Claim:
         self.target, self.kind, self.where, self.replaces = target, kind, where, replaces
         self._lock_fd = lock_fd
         self.committed = False
+        self.made_folder = False  # `where` was made by this claim, in place (a run folder)
 
     @property
     def staged(self) -> bool:
@@ -202,6 +203,8 @@ class Claim:
         that a later `--resume` continues)."""
         if self.staged and not self.committed and discard:
             _remove(self.where)
+        elif self.made_folder and not self.committed and self.where.is_dir() and not any(self.where.iterdir()):
+            self.where.rmdir()  # a start refused before writing anything leaves no empty folder behind
         if self._lock_fd is not None:
             lock = beside(self.target, "lock")
             lock.unlink(missing_ok=True)  # before closing: a waiter then sees another file and retries
@@ -249,8 +252,11 @@ def claim(target: Path, kind: Kind, overwrite: bool, inputs: Iterable = (), resu
         if not kind.folder:  # a file is replaced by one rename: `write_file` stages it
             return Claim(target, kind, target, there, lock_fd)
         where = partial if there or stage_new else target
+        made = not where.exists()
         _make_writable_folder(where, target, kind)
-        return Claim(target, kind, where, there, lock_fd)
+        claimed = Claim(target, kind, where, there, lock_fd)
+        claimed.made_folder = made and where == target
+        return claimed
     except BaseException:
         Claim(target, kind, target, False, lock_fd).release()
         raise

@@ -1,19 +1,24 @@
 """LAD with the task-aligned assigner: a TAL teacher, its cache (= the online teacher, entry by
 entry and for 20 iterations of student losses), cross-assigner LAD, the ATSS warm-up."""
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
+import zarr
 
 from lad_cli.assign.atss import atss_assign
 from lad_cli.assign.registry import ASSIGNERS
 from lad_cli.assign.tal import tal_assign
+from lad_cli.distill.cache.store import PAD, AssignmentCache, anchor_counts
 from lad_cli.distill.sources import OwnAssignment, WarmedUp
+from lad_cli.model.anchors import AnchorLayout
 from lad_cli.model.build import load_checkpoint
 from lad_cli.structures import Predictions
 from tests.conftest import TINY, invoke
 from tests.test_assign import random_batch
-from tests.test_lad import assert_cache_is_online, assert_cached_student_is_online, info
+from tests.test_lad import assert_cache_is_online, assert_cached_student_is_online, info, trained_on
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +52,29 @@ def test_tal_cache_holds_exactly_the_online_assignment(tal_cache, tal_teacher, s
 
 
 def test_tal_student_from_cache_equals_online_student(tal_cache, tal_teacher, synth_data, tmp_path):
-    assert_cached_student_is_online(tal_cache, tal_teacher, synth_data, tmp_path)
+    assert_cached_student_is_online(tal_cache, tal_teacher, synth_data, tmp_path, "--alignment-from", "student")
     config = json.loads((tmp_path / "cached" / "config.json").read_text())
     assert config["assigner"] == "tal" and config["atss_epochs"] is None  # followed the cache; LAD: no warm-up
+    assert trained_on(tmp_path / "cached" / "last.pt")["class_target"] == "student's own alignment"
+
+
+def test_cached_tal_student_trains_on_the_teachers_stored_alignment(tal_cache, tal_teacher, synth_data, tmp_path):
+    """By default a cached TAL student's class target is the alignment the teacher stored; its
+    losses are the online teacher-target student's to within the 1/255 quantisation, and not
+    those of the student's own alignment."""
+    assert info(tal_cache)["class_target"].startswith("the teacher's alignment (stored")
+    common = ["--data", synth_data, "--epochs", "2", "--val-split", "", *TINY]
+    runs = {"cached": ["--cache", tal_cache], "online": ["--teacher", tal_teacher],
+            "own": ["--cache", tal_cache, "--alignment-from", "student"]}
+    for name, given in runs.items():
+        result = invoke("student-train", *given, "--out", tmp_path / name, *common)
+        assert result.exit_code == 0, result.output
+    read = lambda run: [json.loads(x)["loss_cls"] for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()[:5]]
+    cached, online, own = read("cached"), read("online"), read("own")
+    assert cached == pytest.approx(online, rel=2e-2) and cached[0] != online[0]  # quantised, not the float target
+    assert all(abs(c - o) > 2e-2 * o for c, o in zip(cached, own))
+    assert trained_on(tmp_path / "cached" / "last.pt")["class_target"] == "teacher's alignment"
+    assert trained_on(tmp_path / "online" / "last.pt")["class_target"] == "teacher's alignment"
 
 
 @pytest.mark.parametrize("source", ["cache", "teacher"])
@@ -75,12 +100,27 @@ def test_assign_with_another_assigner_than_the_teachers(tal_teacher, synth_data,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--alignment-from", "teacher"], "--alignment-from teacher needs --teacher"),
-    (["--assigner", "atss"], "unknown --assigner 'atss': use paa, tal"),
+    (["--alignment-from", "teacher", "--assigner", "tal"], "--alignment-from teacher needs --teacher or --cache"),
+    (["--cache", "TAL_CACHE", "--assigner", "atss"], "unknown --assigner 'atss': use paa, tal"),
 ])
 def test_bad_tal_options(args, message, tal_cache, synth_data, tmp_path):
-    result = invoke("student-train", "--cache", tal_cache, "--data", synth_data, "--out", tmp_path / "r", *TINY, *args)
+    args = [tal_cache if a == "TAL_CACHE" else a for a in args]
+    result = invoke("student-train", "--data", synth_data, "--out", tmp_path / "r", *TINY, *args)
     assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_teachers_alignment_from_a_cache_without_it_is_refused(tal_teacher, synth_data, tmp_path):
+    paa = tmp_path / "paa.zarr"  # a TAL teacher assigning by PAA: one-hot targets, no alignment stored
+    assert invoke("assign", "--teacher", tal_teacher, "--data", synth_data, "--cache", paa, "--assigner", "paa",
+                  "--device", "cpu").exit_code == 0
+    common = ["student-train", "--cache", paa, "--assigner", "tal", "--cross-assigner", "--data", synth_data,
+              "--epochs", "1", "--val-split", "", *TINY]
+    refused = invoke(*common, "--alignment-from", "teacher", "--out", tmp_path / "refused")
+    assert refused.exit_code == 2 and "the cache holds no teacher's alignment" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+    own = invoke(*common, "--out", tmp_path / "own")
+    assert own.exit_code == 0, own.output
+    assert trained_on(tmp_path / "own" / "last.pt")["class_target"] == "student's own alignment"
 
 
 def test_cross_assigner_needs_a_teacher_or_cache(synth_data, tmp_path):
@@ -90,11 +130,13 @@ def test_cross_assigner_needs_a_teacher_or_cache(synth_data, tmp_path):
 
 def test_online_student_with_the_teachers_alignment(tal_teacher, synth_data, tmp_path):
     common = ["student-train", "--teacher", tal_teacher, "--data", synth_data, "--epochs", "1", "--val-split", "", *TINY]
-    own = invoke(*common, "--out", tmp_path / "own")
-    theirs = invoke(*common, "--alignment-from", "teacher", "--out", tmp_path / "theirs")
-    assert own.exit_code == 0 and theirs.exit_code == 0, theirs.output
-    first = [json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[0]) for r in ("own", "theirs")]
-    assert first[0]["loss_cls"] != first[1]["loss_cls"]  # same positives, other class targets
+    runs = {"own": ["--alignment-from", "student"], "theirs": ["--alignment-from", "teacher"], "default": []}
+    for name, given in runs.items():
+        result = invoke(*common, *given, "--out", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    first = {r: json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[0]) for r in runs}
+    assert first["own"]["loss_cls"] != first["theirs"]["loss_cls"]  # same positives, other class targets
+    assert first["default"]["loss_cls"] == first["theirs"]["loss_cls"]  # the teacher's, by default
 
 
 def test_colearning_two_tal_networks(synth_data, tmp_path):
@@ -122,3 +164,50 @@ def test_warm_up_assigns_by_atss_then_by_the_network():
         assert out.assigner.name == name
         if expected is not None:
             assert torch.equal(out.matched_idxs, expected)
+
+
+def format_1_copy(store_path, where):
+    """The store as lad wrote it before format 2: the same assignments, no alignment."""
+    store = AssignmentCache.open(store_path)
+    counts = anchor_counts(store.padded_hw(), AnchorLayout.from_dict(store.provenance.anchor_layout))
+    AssignmentCache.create(where, store.provenance, store.image_ids().tolist(), store.padded_hw(), store.max_anchors,
+                           store.shard_entries)
+    old = AssignmentCache.open(where, mode="r+")
+    for shard in range(store.num_shards):
+        r = store.shard_range(shard)
+        rows = np.full((len(r), store.max_anchors), PAD, np.int16)
+        for e in r:
+            rows[e - r.start, :counts[e]] = store.read(e, int(counts[e]))
+        old.write_shard(shard, rows, counts[r.start:r.stop], store.padded_hw()[r.start:r.stop])
+    old.group.attrs["format_version"] = 1
+    return where
+
+
+def test_a_format_1_tal_store_still_trains_on_the_students_own_alignment(tal_cache, synth_data, tmp_path):
+    old = format_1_copy(tal_cache, tmp_path / "old.zarr")
+    described = info(old)
+    assert described["format_version"] == 1 and described["class_target"].startswith("the student's own alignment")
+    assert invoke("cache", "verify", old, "--data", synth_data).exit_code == 0
+    common = ["student-train", "--cache", old, "--data", synth_data, "--epochs", "1", "--val-split", "", *TINY]
+    result = invoke(*common, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "holds no teacher's alignment (cache format 1)" in result.output
+    assert trained_on(tmp_path / "run" / "last.pt")["class_target"] == "student's own alignment"
+    refused = invoke(*common, "--alignment-from", "teacher", "--out", tmp_path / "refused")
+    assert refused.exit_code == 2 and "remake it with lad assign --overwrite" in refused.stderr
+
+
+def test_a_changed_alignment_value_is_a_corrupt_entry(tal_cache, synth_data, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(tal_cache, copy)
+    store = AssignmentCache.open(copy)
+    counts = anchor_counts(store.padded_hw(), AnchorLayout.from_dict(store.provenance.anchor_layout))
+    matched, alignment = store.read_entry(0, int(counts[0]))
+    anchor = int(np.flatnonzero(matched >= 0)[0])
+    array = zarr.open_array(str(copy / "matched"), mode="r+")
+    row = array[0]
+    row[store.max_anchors + anchor] = (row[store.max_anchors + anchor] + 1) % 256  # the assignment untouched
+    array[0] = row
+    result = invoke("cache", "verify", copy, "--data", synth_data)
+    assert result.exit_code == 2 and "is corrupt (checksum mismatch)" in result.stderr
+    assert AssignmentCache.open(copy).read(1, int(counts[1])).shape == (counts[1],)  # other entries read

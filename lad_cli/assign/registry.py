@@ -26,6 +26,7 @@ from .tal import TALParams, tal_assign, tal_colearn_assign
 class Assigner(abc.ABC):
     name: str
     params: object
+    soft_targets = False  # whether `soft_target` gives a class target (TAL's alignment) or None (one-hot)
 
     @abc.abstractmethod
     def assign(self, anchors: Tensor, counts: list[int], pred: Predictions, targets: Targets) -> Tensor:
@@ -70,6 +71,7 @@ class PAA(Assigner):
 
 class TAL(Assigner):
     name, params = "tal", TALParams()
+    soft_targets = True
 
     def assign(self, anchors, counts, pred, targets):
         return tal_assign(anchors, counts, pred.cls_logits, pred.box_deltas, targets, self.params)

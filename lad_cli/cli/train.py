@@ -110,7 +110,7 @@ def student_train(
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Train on the finished entries of an incomplete cache.")] = False,
     assigner: Annotated[Optional[Literal[ASSIGNERS]], typer.Option(help="paa or tal: the student's head loss, and its assignment where it makes its own [default: the cache's or teacher's, else paa].")] = None,
     cross_assigner: Annotated[bool, typer.Option("--cross-assigner", help="Accept a cache or teacher of another assigner than --assigner (cross-assigner LAD).")] = False,
-    alignment_from: Annotated[Literal[ALIGNMENT_FROM], typer.Option(help="TAL student of a teacher: class target from the student's own alignment on the teacher's positives (student) or the teacher's (teacher; online only).")] = T.alignment_from,
+    alignment_from: Annotated[Optional[Literal[ALIGNMENT_FROM]], typer.Option(help="TAL student of a teacher: class target from the teacher's alignment on its positives (teacher) or the student's own (student) [default: teacher where the teacher or the cache gives it, else student].")] = None,
     atss_epochs: AtssEpochs = None,
     epochs: Epochs = T.epochs, batch: BatchSize = T.batch, lr: Lr = T.lr, device: Device = T.device, amp: Amp = T.amp,
     seed: Seed = T.seed, resume: Resume = False, overwrite: Overwrite = False, workers: Workers = T.workers,

@@ -22,32 +22,35 @@ class Sample:
     index: int  # position in the split
     view_id: int
     matched_idxs: Tensor | None = None  # (A,) int64 when read from a cache
+    class_target: Tensor | None = None  # (A,) float32: the teacher's alignment, from a cache that stores it
 
 
 @dataclass
 class Batch:
     """N samples of one padded shape: images (N, 3, H, W); indices (N,) int64;
-    image_hw: each image's unpadded size; matched_idxs (N, A) when cached."""
+    image_hw: each image's unpadded size; matched_idxs (N, A) when cached, class_target (N, A)
+    when the cache stores the teacher's alignment."""
 
     images: Tensor
     targets: Targets
     indices: Tensor
     image_hw: list[tuple[int, int]]
     matched_idxs: Tensor | None = None
+    class_target: Tensor | None = None
 
     @property
     def padded_hw(self) -> tuple[int, int]:
         return tuple(self.images.shape[-2:])
 
     def pin_memory(self) -> "Batch":
-        return Batch(self.images.pin_memory(), self.targets.pin_memory(),
-                     self.indices, self.image_hw,
-                     None if self.matched_idxs is None else self.matched_idxs.pin_memory())
+        pinned = [None if t is None else t.pin_memory() for t in (self.matched_idxs, self.class_target)]
+        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.indices, self.image_hw, *pinned)
 
     def to(self, device: torch.device) -> "Batch":
         nb = device.type == "cuda"
+        moved = [None if t is None else t.to(device, non_blocking=nb) for t in (self.matched_idxs, self.class_target)]
         return Batch(self.images.to(device, non_blocking=nb), self.targets.to(device, nb), self.indices, self.image_hw,
-                     None if self.matched_idxs is None else self.matched_idxs.to(device, non_blocking=nb))
+                     *moved)
 
 
 # PIL's integer grey modes wider than 8 bits: 16-bit PNGs and TIFFs (I;16*), and "I" (32-bit),
@@ -153,13 +156,14 @@ def collate(samples: list[Sample], size_divisor: int) -> Batch:
     images = torch.zeros(len(samples), 3, ph, pw)
     for i, s in enumerate(samples):
         images[i, :, : s.image.shape[1], : s.image.shape[2]] = s.image
-    cached = [s.matched_idxs for s in samples]
+    cached, aligned = [s.matched_idxs for s in samples], [s.class_target for s in samples]
     return Batch(
         images=images,
         targets=Targets.from_lists([s.boxes for s in samples], [s.labels for s in samples], [s.crowd for s in samples]),
         indices=torch.tensor([s.index for s in samples]),
         image_hw=[tuple(s.image.shape[1:]) for s in samples],
         matched_idxs=None if cached[0] is None else torch.stack(cached),
+        class_target=None if aligned[0] is None else torch.stack(aligned),
     )
 
 

@@ -148,14 +148,15 @@ class TeacherAssignment(AssignmentSource):
             self.teacher_sha256 = file_sha256(self.teacher.path)
         return {"source": "teacher", "teacher": str(self.teacher.path), "teacher_sha256": self.teacher_sha256,
                 "teacher_arch": self.teacher.model.config.arch, "assign_from": "student" if self.own else "teacher",
-                "soft_label_weight": None if self.soft is None else self.soft.cls}
+                "soft_label_weight": None if self.soft is None else self.soft.cls,
+                **class_target_record(self.assigner, self.teacher_target)}
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         if self.own is not None:
             own = self.own.assign(batch, preds, anchors, counts)
             return SourceOutput(own.matched_idxs, self.assigner, teacher=self.teacher.predict(batch.images))
         matched, teacher_pred = self.teacher.assign(batch)
-        soft_target = self.assigner.soft_target(anchors, teacher_pred, matched, batch.targets) if self.teacher_target else None
+        soft_target = self.teacher.class_target(batch, matched, teacher_pred, self.assigner) if self.teacher_target else None
         return SourceOutput(matched, self.assigner, teacher=teacher_pred if self.soft else None, soft_target=soft_target,
                             checks={"teacher_outputs": self.teacher.largest_output(teacher_pred)})
 
@@ -167,12 +168,14 @@ class TeacherAssignment(AssignmentSource):
 
 
 class CachedDataset(torch.utils.data.Dataset):
-    """The training dataset plus each (image, view)'s cached assignment, read in the workers."""
+    """The training dataset plus each (image, view)'s cached assignment (and the teacher's
+    alignment, with `class_target`), read in the workers."""
 
-    def __init__(self, dataset: DetectionDataset, cache_path: Path | str, counts: np.ndarray):
+    def __init__(self, dataset: DetectionDataset, cache_path: Path | str, counts: np.ndarray, class_target: bool = False):
         self.dataset = dataset
         self.cache_path = cache_path
         self.counts = counts
+        self.class_target = class_target
         self.cache, self.opened_by = None, None  # opened lazily, once per worker process
         # obstore's client (a URL cache) hangs in a forked process once its parent used it: the
         # loader starts the workers of such a cache fresh (`data.loader.make_loader`).
@@ -192,7 +195,10 @@ class CachedDataset(torch.utils.data.Dataset):
             self.cache, self.opened_by = AssignmentCache.open(self.cache_path), os.getpid()
         sample = self.dataset[key]
         e = self.cache.entry(*key)
-        sample.matched_idxs = torch.from_numpy(self.cache.read(e, int(self.counts[e])))
+        matched, alignment = self.cache.read_entry(e, int(self.counts[e]))
+        sample.matched_idxs = torch.from_numpy(matched)
+        if self.class_target:
+            sample.class_target = torch.from_numpy(alignment)
         return sample
 
 
@@ -205,9 +211,10 @@ class CachedAssignment(AssignmentSource):
     teacher is loaded)."""
 
     def __init__(self, path: Path | str, split: CocoSplit, layout, views: list[View], allow_partial: bool,
-                 assigner: Assigner = ASSIGNERS["paa"], cross_assigner: bool = False):
+                 assigner: Assigner = ASSIGNERS["paa"], cross_assigner: bool = False, alignment_from: str | None = None):
         self.path = location(path)  # a URL stays one
         self.cache = AssignmentCache.open(self.path)
+        self.teacher_target = teacher_target_of_cache(self.path, self.cache.has_alignment, assigner, alignment_from)
         self.layout = layout
         self.split = split
         self.assigner = assigner
@@ -235,16 +242,16 @@ class CachedAssignment(AssignmentSource):
             self.digest = cache_info(self.path)["digest"]
         return {"source": "cache", "cache": str(self.path), "digest": self.digest,
                 "teacher_sha256": self.cache.provenance.teacher_sha256, "views": [v["name"] for v in self.cache.attrs["views"]],
-                "images": len(self.images_done)}
+                "images": len(self.images_done), **class_target_record(self.assigner, self.teacher_target)}
 
     def subset(self) -> list[int]:
         return self.images_done
 
     def wrap_dataset(self, dataset: DetectionDataset) -> CachedDataset:
-        return CachedDataset(dataset, self.path, anchor_counts(self.cache.padded_hw(), self.layout))
+        return CachedDataset(dataset, self.path, anchor_counts(self.cache.padded_hw(), self.layout), self.teacher_target)
 
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
-        return SourceOutput(batch.matched_idxs, self.assigner)
+        return SourceOutput(batch.matched_idxs, self.assigner, soft_target=batch.class_target)
 
 
 class CoLearning(AssignmentSource):
@@ -266,6 +273,27 @@ class CoLearning(AssignmentSource):
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         matched, share = self.assigner.colearn(anchors, counts, preds["student"], preds["peer"], batch.targets, self.rule)
         return SourceOutput(matched, self.assigner, stats={"student_teaches": share})
+
+
+def teacher_target_of_cache(path, stored: bool, student: Assigner, alignment_from: str | None) -> bool:
+    """Whether a cached TAL student trains on the teacher's stored alignment: by default where
+    the store has it; --alignment-from teacher on a store without it is refused."""
+    if not student.soft_targets or alignment_from == "student":
+        return False
+    if alignment_from == "teacher" and not stored:
+        raise LadError(f"{path}: the cache holds no teacher's alignment (made by lad before cache format 2, or by a "
+                       "one-hot assigner): remake it with lad assign --overwrite, or use --alignment-from student")
+    if not stored:
+        console.print(f"[yellow]{path}: the cache holds no teacher's alignment (cache format 1): the student's own "
+                      "alignment is its class target (lad assign --overwrite stores the teacher's)")
+    return stored
+
+
+def class_target_record(student: Assigner, teacher_target: bool) -> dict:
+    """How a run's class targets were made, for `lad info` ({} for a one-hot student)."""
+    if not student.soft_targets:
+        return {}
+    return {"class_target": "teacher's alignment" if teacher_target else "student's own alignment"}
 
 
 def check_assigner(path: Path, what: str, made_by: Assigner, student: Assigner, cross: bool) -> None:
@@ -298,11 +326,10 @@ def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.devi
         raise LadError(f"unknown --assign-from {cfg.assign_from!r}: use {', '.join(ASSIGN_FROM)}")
     if cfg.assign_from == "student" and not (cfg.teacher and cfg.soft_label_weight is not None):
         raise LadError("--assign-from student needs --teacher and --soft-label-weight (the teacher then gives soft labels only)")
-    if cfg.alignment_from not in ALIGNMENT_FROM:
+    if cfg.alignment_from not in (None, *ALIGNMENT_FROM):
         raise LadError(f"unknown --alignment-from {cfg.alignment_from!r}: use {', '.join(ALIGNMENT_FROM)}")
-    if cfg.alignment_from == "teacher" and not cfg.teacher:
-        why = "the cache holds assignments, not the teacher's alignment" if cfg.cache else "it is the teacher's alignment"
-        raise LadError(f"--alignment-from teacher needs --teacher ({why})")
+    if cfg.alignment_from and not (cfg.teacher or cfg.cache):
+        raise LadError(f"--alignment-from {cfg.alignment_from} needs --teacher or --cache (the class target of a LAD student)")
     if cfg.cross_assigner and not (cfg.cache or cfg.teacher):
         raise LadError("--cross-assigner needs --cache or --teacher (the assignments of another assigner)")
     assigner = student_assigner(cfg.assigner)
@@ -315,7 +342,7 @@ def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.devi
 def _source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, bf16: bool, assigner: Assigner) -> AssignmentSource:
     if cfg.cache:
         return CachedAssignment(cfg.cache, split, student.config.layout, parse_views(cfg.views, cfg.size, cfg.max_size),
-                                cfg.allow_partial, assigner, cfg.cross_assigner)
+                                cfg.allow_partial, assigner, cfg.cross_assigner, cfg.alignment_from)
     if cfg.teacher:
         teacher = Teacher(Path(cfg.teacher), device, bf16)
         teacher.check_compatible(student, split)
@@ -323,7 +350,7 @@ def _source(cfg, student: PAADetector, split: CocoSplit, device: torch.device, b
             check_assigner(teacher.path, "teacher", teacher.assigner, assigner, cfg.cross_assigner)
         soft = None if cfg.soft_label_weight is None else SoftLabelWeights(cls=cfg.soft_label_weight, gamma=cfg.soft_label_gamma)
         return TeacherAssignment(teacher, soft, own_assignment=cfg.assign_from == "student", assigner=assigner,
-                                 teacher_target=cfg.alignment_from == "teacher")
+                                 teacher_target=cfg.alignment_from != "student" and cfg.assign_from == "teacher")
     if cfg.colearn:
         return CoLearning(_peer(cfg, student, split), cfg.switch, student.config.arch, assigner)
     return OwnAssignment(assigner)

@@ -68,6 +68,13 @@ class Teacher:
             anchors, counts = self.model.anchors(batch.padded_hw, self.device)
             return (assigner or self.assigner).assign(anchors, counts, pred, batch.targets), pred
 
+    def class_target(self, batch: Batch, matched: Tensor, pred: Predictions, assigner: Assigner) -> Tensor | None:
+        """The classification target the teacher gives the positives of `matched`: TAL's
+        normalised alignment, (N, A) float32 in [0, 1] on its device; None where the assigner
+        trains on one-hot targets (PAA)."""
+        anchors, _ = self.model.anchors(batch.padded_hw, self.device)
+        return assigner.soft_target(anchors, pred, matched, batch.targets)
+
     @staticmethod
     def largest_output(pred: Predictions) -> Tensor:
         """The largest |value| among the teacher's outputs, 0-dim float32: NaN or inf when any

@@ -55,7 +55,9 @@ class TrainConfig:
     assigner: str = "paa"  # paa or tal: the head loss, and the assignment where the network makes its own
     atss_epochs: int | None = None  # ATSS warm-up epochs; None: a third of the run for own/co-learned TAL, else 0
     cross_assigner: bool = False  # accept a cache or teacher of another assigner than --assigner
-    alignment_from: str = "student"  # TAL with a teacher: whose alignment on the teacher's positives is the class target
+    # A TAL student of a teacher: whose alignment on the teacher's positives is the class target;
+    # None: the teacher's where the source has it (online, or a cache that stores it), else the student's.
+    alignment_from: str | None = None
     strict_boxes: bool = False  # refuse boxes without area in their image or overrunning it (else dropped / clipped)
 
     def to_dict(self) -> dict:

@@ -20,7 +20,7 @@ from ..config import AssignConfig
 from ..stats import AssignStats
 from ..teacher import Teacher
 from .remote import has_store, location
-from .store import PAD, AssignmentCache, Provenance, anchor_counts, entries_per_shard, file_sha256
+from .store import PAD, AssignmentCache, Provenance, anchor_counts, entries_per_shard, file_sha256, quantise_alignment
 from .url_claim import UrlClaim, claim_store
 
 
@@ -32,9 +32,9 @@ def provenance_for(teacher: Teacher, split, views, assigner: Assigner) -> Proven
 
 
 def open_or_create(claim: Claim | UrlClaim, provenance: Provenance, image_ids, padded, max_anchors, shard_entries,
-                   resume: bool) -> AssignmentCache:
+                   resume: bool, alignment: bool = False) -> AssignmentCache:
     """The store at `claim.where`: reopened to finish it (--resume, checked to be the same
-    computation), or created empty. A new store is put in place at once (`--resume` and
+    computation; it keeps its format), or created empty (`alignment`: carrying the teacher's). A new store is put in place at once (`--resume` and
     `cache info` find it while it fills); a replacement stays beside the old one until done."""
     where = claim.where
     if resume and has_store(where):
@@ -47,7 +47,7 @@ def open_or_create(claim: Claim | UrlClaim, provenance: Provenance, image_ids, p
         cache.remove_partial_writes()
         return cache
     try:
-        AssignmentCache.create(where, provenance, image_ids, padded, max_anchors, shard_entries)
+        AssignmentCache.create(where, provenance, image_ids, padded, max_anchors, shard_entries, alignment)
     except OSError as exc:
         raise LadError(f"{claim.target}: cannot create the cache ({exc.strerror})") from None
     if not claim.replaces:
@@ -75,7 +75,7 @@ def run_assign(cfg: AssignConfig, given: set[str] | None = None) -> dict | None:
         cache, pending = None, [range(ctx.rank, len(padded), ctx.world)]
         if cfg.cache is not None:
             cache = _open_store(cfg, ctx, provenance_for(teacher, split, views, assigner), split, padded,
-                                anchor_counts(padded, teacher.model.config.layout), claims)
+                                anchor_counts(padded, teacher.model.config.layout), claims, assigner.soft_targets)
             _check_shard_entries(cache, cfg, given)
             done = cache.done()
             pending = [cache.shard_range(s) for s in range(cache.num_shards)
@@ -122,14 +122,14 @@ def _record_numerics(ctx: dist.Dist, cache: AssignmentCache, mine: dict | None) 
 
 
 def _open_store(cfg: AssignConfig, ctx: dist.Dist, provenance: Provenance, split, padded: np.ndarray,
-                counts: np.ndarray, claims: list) -> AssignmentCache:
+                counts: np.ndarray, claims: list, alignment: bool) -> AssignmentCache:
     """Rank 0 claims the store's path (`outputs.claim`), checks and creates (or reopens,
     --resume) the store; then the others open it where rank 0 put it."""
     def create() -> str:
         claim = claim_store(cfg.cache, cfg.overwrite, assign_inputs(cfg), cfg.resume, hint="--resume to finish it or ")
         claims.append(claim)
         cache = open_or_create(claim, provenance, [r.id for r in split.images], padded, int(counts.max(initial=1)),
-                               cfg.shard_entries, cfg.resume)
+                               cfg.shard_entries, cfg.resume, alignment)
         created["cache"] = cache
         return str(cache.path)
     created = {}
@@ -153,7 +153,7 @@ def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: 
     plan = plan_batches(padded, pending, cfg.batch)
     last_of_shard = [i + 1 == len(plan) or shard_of[plan[i + 1][0]] != shard_of[plan[i][0]] for i in range(len(plan))]
     loader = make_loader(dataset, [[keys[e] for e in b] for b in plan], layout.size_divisor, cfg.workers, ctx.device)
-    stats, rows = AssignStats(len(layout.strides)), None
+    stats, rows, aligned = AssignStats(len(layout.strides)), None, None
     total = sum(len(b) for b in plan)
     start = time.perf_counter()
     with progress_bar(disable=not ctx.is_main) as bar:
@@ -165,6 +165,8 @@ def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: 
                 ids = sorted({dataset.split.images[keys[e][0]].id for e in entries})
                 raise LadError(f"{teacher.path}: the teacher's outputs are NaN or infinite on image id(s) "
                                f"{', '.join(map(str, ids))}: it cannot assign (every anchor would be background)")
+            alignment = teacher.class_target(batch, matched, pred, assigner) if cache is not None and cache.has_alignment \
+                else None
             matched = matched.cpu()
             if cache is None:
                 anchors, per_level = teacher.model.anchors(batch.padded_hw, ctx.device)
@@ -173,12 +175,15 @@ def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: 
             else:
                 r = cache.shard_range(shard_of[entries[0]])
                 if rows is None:
-                    rows = np.full((len(r), cache.attrs["max_anchors"]), PAD, np.int16)
-                for e, m in zip(entries, matched.numpy()):
-                    rows[e - r.start, : counts[e]] = m
+                    rows = np.full((len(r), cache.max_anchors), PAD, np.int16)
+                    aligned = rows.copy() if alignment is not None else None
+                for j, e in enumerate(entries):
+                    rows[e - r.start, : counts[e]] = matched[j, : counts[e]].numpy()
+                    if aligned is not None:
+                        aligned[e - r.start, : counts[e]] = quantise_alignment(alignment[j, : counts[e]].cpu().numpy())
                 if last_of_shard[i]:
-                    cache.write_shard(shard_of[entries[0]], rows, counts[r.start:r.stop], padded[r.start:r.stop])
-                    rows = None
+                    cache.write_shard(shard_of[entries[0]], rows, counts[r.start:r.stop], padded[r.start:r.stop], aligned)
+                    rows = aligned = None
             done_count = bar.tasks[0].completed + len(entries)
             bar.update(task, advance=len(entries), info=f"{done_count / max(time.perf_counter() - start, 1e-9):.1f} img/s")
     return total, stats

@@ -5,9 +5,14 @@ Layout (E = images x views entries, entry e = image_index * V + view_id):
                                 with -32768 past the entry's own anchor count; one chunk per
                                 entry, `shard_entries` entries per shard file, zstd+bitshuffle
                                 (a few hundred positives among ~20k anchors compress to ~1 KiB)
-  entries    (E, 4) int64       per entry: crc32 of its int16 values, done flag (1 once data and
-                                checksum are on disk), padded height, padded width; one chunk
-                                per shard
+             (E, 2 A_max)       format 2, a TAL teacher (attribute class_target): each row is
+                                followed by the teacher's normalised alignment of each anchor,
+                                round(255 x value), 0 off the positives: the class target of a
+                                cached TAL student (same padding; one array, so a shard is still
+                                one file and one write)
+  entries    (E, 4) int64       per entry: crc32 of its int16 values (both halves), done flag (1
+                                once data and checksum are on disk), padded height, padded
+                                width; one chunk per shard
 Attributes hold the provenance and the COCO image ids (annotation-file order). A shard is
 written whole, by one process, `matched` first and its `entries` rows (checksum and done
 flag together) last, so a kill leaves the shard's entries not done, never half-labelled.
@@ -40,7 +45,10 @@ from .remote import (ShardObjects, check_reachable, location, reading_location, 
                      stored_bytes, zarr_store)
 
 FORMAT = CACHE_FORMAT
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: TAL stores may carry the teacher's alignment (format 1 stores read as before)
+READABLE_VERSIONS = (1, 2)
+TEACHER_ALIGNMENT = "teacher_alignment"  # the class_target attribute of a store that carries it
+ALIGNMENT_SCALE = 255
 PAD = -32768
 CRC, DONE, HEIGHT, WIDTH = range(4)  # columns of `entries`
 # A reader keeps one decoded shard in memory when it is at most this big: decoding a shard
@@ -61,8 +69,15 @@ def entries_per_shard(requested: int, entries: int) -> int:
     return max(1, min(requested, entries))
 
 
-def entry_crc(matched: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(matched, dtype="<i2").tobytes())
+def entry_crc(matched: np.ndarray, alignment: np.ndarray | None = None) -> int:
+    """crc32 of an entry's int16 values: its assignment, then its stored alignment if any."""
+    crc = zlib.crc32(np.ascontiguousarray(matched, dtype="<i2").tobytes())
+    return crc if alignment is None else zlib.crc32(np.ascontiguousarray(alignment, dtype="<i2").tobytes(), crc)
+
+
+def quantise_alignment(target: np.ndarray) -> np.ndarray:
+    """(..., A) float alignment in [0, 1] -> the stored int16 values 0..255."""
+    return np.rint(np.clip(target, 0.0, 1.0) * ALIGNMENT_SCALE).astype(np.int16)
 
 
 # What a student on a cache can check against values it knows itself, the most specific
@@ -134,6 +149,9 @@ class AssignmentCache:
         self.num_images = attrs["num_images"]
         self.num_views = len(attrs["views"])
         self.shard_entries = attrs["shard_entries"]
+        self.max_anchors = attrs["max_anchors"]
+        # Whether each row carries the teacher's alignment after its assignment (format 2, TAL).
+        self.has_alignment = attrs.get("class_target") == TEACHER_ALIGNMENT
         self.provenance = Provenance(**{k: attrs[k] for k in Provenance.__dataclass_fields__})
         self._matched = group["matched"]
         self._reads = self._matched if reads is None else reads
@@ -150,19 +168,22 @@ class AssignmentCache:
 
     @staticmethod
     def create(path: Path | str, provenance: Provenance, image_ids: list[int], padded_hw: np.ndarray,
-               max_anchors: int, shard_entries: int) -> None:
+               max_anchors: int, shard_entries: int, alignment: bool = False) -> None:
         """A new, empty store (every entry not done) in the empty folder `path`, which the
         caller claimed (`outputs.claim`: it is staged beside the output and renamed into
         place, so a kill or a full disk during creation leaves no half-made store).
-        padded_hw: (E, 2). Raises OSError (the caller names the output)."""
+        padded_hw: (E, 2); alignment: whether rows carry the teacher's alignment. Raises OSError
+        (the caller names the output)."""
         entries = len(padded_hw)
         shard = entries_per_shard(shard_entries, entries)
         group = zarr.open_group(zarr_store(location(path)), mode="w", zarr_format=3)
+        target = {"class_target": TEACHER_ALIGNMENT, "alignment_scale": ALIGNMENT_SCALE} if alignment else {}
         group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "num_images": len(image_ids),
                             "image_ids": [int(i) for i in image_ids], "shard_entries": shard,
-                            "max_anchors": max_anchors, **_plain(provenance.__dict__)})
-        group.create_array("matched", shape=(entries, max_anchors), dtype="int16", chunks=(1, max_anchors),
-                           shards=(shard, max_anchors), fill_value=PAD,
+                            "max_anchors": max_anchors, **target, **_plain(provenance.__dict__)})
+        width = max_anchors * (2 if alignment else 1)
+        group.create_array("matched", shape=(entries, width), dtype="int16", chunks=(1, width),
+                           shards=(shard, width), fill_value=PAD,
                            compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
         table = np.zeros((entries, 4), np.int64)
         table[:, [HEIGHT, WIDTH]] = padded_hw
@@ -189,8 +210,9 @@ class AssignmentCache:
             raise LadError(f"{path}: unreadable cache ({type(exc).__name__})") from None
         if attrs.get("format") != FORMAT:
             raise LadError(f"{path}: not an assignment cache")
-        if attrs.get("format_version") != FORMAT_VERSION:
-            raise LadError(f"{path}: cache format version {attrs.get('format_version')}, this lad reads {FORMAT_VERSION}")
+        if attrs.get("format_version") not in READABLE_VERSIONS:
+            raise LadError(f"{path}: cache format version {attrs.get('format_version')}, this lad reads "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}")
         # A reader of a URL store reads each shard object once (`remote.ShardObjects`).
         reads = zarr.open_array(ShardObjects(group.store), path="matched", mode="r") \
             if is_url(stored_at) and mode == "r" and "matched" in group else None
@@ -306,19 +328,24 @@ class AssignmentCache:
             raise LadError(f"{self.path}: cannot write the cache's attributes ({exc.strerror})") from None
         self.attrs["numerics"] = new
 
-    def write_shard(self, shard: int, matched: np.ndarray, counts: np.ndarray, padded: np.ndarray) -> None:
+    def write_shard(self, shard: int, matched: np.ndarray, counts: np.ndarray, padded: np.ndarray,
+                    alignment: np.ndarray | None = None) -> None:
         """matched: (entries of the shard, A_max) int16, PAD past each entry's `counts`;
-        padded: (entries of the shard, 2) their padded shapes."""
+        padded: (entries of the shard, 2) their padded shapes; alignment: like `matched`, the
+        quantised alignment (`quantise_alignment`), for a store that carries it."""
+        if self.has_alignment != (alignment is not None):
+            raise ValueError("the alignment is given exactly when the store carries it")
         r = self.shard_range(shard)
         rows = np.zeros((len(r), 4), np.int64)
-        rows[:, CRC] = [entry_crc(m[:c]) for m, c in zip(matched, counts)]
+        halves = [None] * len(r) if alignment is None else alignment
+        rows[:, CRC] = [entry_crc(m[:c], None if a is None else a[:c]) for m, a, c in zip(matched, halves, counts)]
         rows[:, DONE] = 1
         rows[:, [HEIGHT, WIDTH]] = padded
         try:
             # zarr reads a shard file before rewriting it, and a corrupt one (the reason this shard
             # may be recomputed) would block the write; the shard is written whole, so drop it first.
             self._delete(self._shard_file(shard))
-            self._matched[r.start:r.stop] = matched
+            self._matched[r.start:r.stop] = matched if alignment is None else np.concatenate([matched, alignment], 1)
             self.group["entries"][r.start:r.stop] = rows
         except (OSError, StoreRequestError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else request_failure(exc)
@@ -327,10 +354,16 @@ class AssignmentCache:
 
     def read(self, e: int, num_anchors: int) -> np.ndarray:
         """The assignment of entry e as (num_anchors,) int64, checksum-verified."""
+        return self.read_entry(e, num_anchors)[0]
+
+    def read_entry(self, e: int, num_anchors: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Entry e's assignment, (num_anchors,) int64, and the teacher's alignment where the store
+        carries it, (num_anchors,) float32 in [0, 1] (else None); checksum-verified."""
         if self._crc is None:
             self._crc = self.table()[:, CRC]
         shard = e // self.shard_entries
-        if self.shard_entries * self.attrs["max_anchors"] * 2 <= SLAB_BYTES and (self._slab is None or self._slab[0] != shard):
+        row_bytes = self.max_anchors * (2 if self.has_alignment else 1) * 2
+        if self.shard_entries * row_bytes <= SLAB_BYTES and (self._slab is None or self._slab[0] != shard):
             r = self.shard_range(shard)
             try:
                 self._slab = (shard, self._reads[r.start:r.stop])
@@ -339,12 +372,19 @@ class AssignmentCache:
             except Exception:  # a chunk that does not decode: read entry by entry, so the error names it
                 self._slab = None
         if self._slab is not None and self._slab[0] == shard:
-            raw = self._slab[1][e - shard * self.shard_entries, :num_anchors]
+            row = self._slab[1][e - shard * self.shard_entries]
         else:
-            raw = self._row(e)[:num_anchors]
-        if entry_crc(raw) != int(self._crc[e]):
+            row = self._row(e)
+        matched, alignment = self.split_row(row, num_anchors)
+        if entry_crc(matched, alignment) != int(self._crc[e]):
             raise LadError(f"{self.path}: {self.label(e)} is corrupt (checksum mismatch)")
-        return raw.astype(np.int64)
+        return matched.astype(np.int64), None if alignment is None else alignment.astype(np.float32) / ALIGNMENT_SCALE
+
+    def split_row(self, row: np.ndarray, num_anchors: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """A stored row's assignment and stored alignment (None: the store carries none), each
+        (num_anchors,) int16 as stored."""
+        alignment = row[self.max_anchors:self.max_anchors + num_anchors] if self.has_alignment else None
+        return row[:num_anchors], alignment
 
     def _row(self, e: int) -> np.ndarray:
         try:
@@ -355,7 +395,8 @@ class AssignmentCache:
             raise LadError(f"{self.path}: {self.label(e)} is corrupt (its chunk does not decode: {type(exc).__name__})") from None
 
     def slabs(self):
-        """(entry range, matched slab) shard by shard: the fast way to scan the whole store.
+        """(entry range, stored rows) shard by shard: the fast way to scan the whole store
+        (`split_row` parts a row).
         A shard that does not decode is read entry by entry, so that the error names the entry."""
         for shard in range(self.num_shards):
             r = self.shard_range(shard)
@@ -372,7 +413,8 @@ class AssignmentCache:
         per_entry = [b""] * self.num_entries
         for r, slab in self.slabs():
             for e, row in zip(r, slab):
-                per_entry[e] = hashlib.sha256(np.ascontiguousarray(row[:anchor_counts[e]], dtype="<i2").tobytes()).digest()
+                parts = [p for p in self.split_row(row, anchor_counts[e]) if p is not None]
+                per_entry[e] = hashlib.sha256(b"".join(np.ascontiguousarray(p, dtype="<i2").tobytes() for p in parts)).digest()
         h = hashlib.sha256()
         for image in np.argsort(self.image_ids(), kind="stable"):
             for view in range(self.num_views):

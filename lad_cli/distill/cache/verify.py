@@ -9,7 +9,7 @@ from ...data.dataset import DetectionDataset
 from ...data.views import View
 from ...errors import LadError
 from ...model.anchors import AnchorLayout
-from .store import CRC, PAD, AssignmentCache, anchor_counts, entry_crc
+from .store import ALIGNMENT_SCALE, CRC, PAD, AssignmentCache, anchor_counts, entry_crc
 
 
 def cache_info(path: Path) -> dict:
@@ -28,7 +28,17 @@ def cache_info(path: Path) -> dict:
             "teacher_sha256": cache.provenance.teacher_sha256,
             "annotations_sha256": cache.provenance.annotations_sha256,
             "anchor_layout": cache.provenance.anchor_layout, "assigner": cache.provenance.assigner,
+            "class_target": class_target(cache),
             "numerics": cache.numerics(), "digest": cache.digest(counts)}
+
+
+def class_target(cache: AssignmentCache) -> str:
+    """What a cached student of this store trains its classification on, by default."""
+    if cache.has_alignment:
+        return f"the teacher's alignment (stored, 1/{ALIGNMENT_SCALE} steps)"
+    if (cache.provenance.assigner or {}).get("name", "paa") != "tal":
+        return "one-hot (a PAA student; a TAL student uses its own alignment)"
+    return "the student's own alignment (format 1: the store holds no alignment; lad assign --overwrite adds it)"
 
 
 def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndarray) -> None:
@@ -53,13 +63,16 @@ def verify_cache(cache: AssignmentCache, split, layout, expected_padded: np.ndar
     for r, slab in cache.slabs():
         for e, row in zip(r, slab):
             label = cache.label(e)
-            if entry_crc(row[:counts[e]]) != crcs[e]:
+            values, alignment = cache.split_row(row, counts[e])
+            if entry_crc(values, alignment) != crcs[e]:
                 raise LadError(f"{where}: {label} is corrupt (checksum mismatch)")
-            if (row[counts[e]:] != PAD).any():
+            padding = [row[counts[e]:cache.max_anchors]] + ([row[cache.max_anchors + counts[e]:]] if cache.has_alignment else [])
+            if any((p != PAD).any() for p in padding):
                 raise LadError(f"{where}: {label} has values past its {counts[e]} anchors")
-            values = row[:counts[e]]
             if values.min(initial=0) < -2 or values.max(initial=-1) >= num_gts[e // cache.num_views]:
                 raise LadError(f"{where}: {label} has GT indices outside [-2, {num_gts[e // cache.num_views]})")
+            if alignment is not None and ((alignment < 0) | (alignment > ALIGNMENT_SCALE) | ((alignment > 0) & (values < 0))).any():
+                raise LadError(f"{where}: {label} has an alignment outside [0, {ALIGNMENT_SCALE}] or off its positives")
 
 
 def verify_store(path: Path, data, split_name: str, ann, images, strict_boxes: bool = False) -> str:
