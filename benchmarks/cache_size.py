@@ -6,7 +6,10 @@ Two measurements: an existing cache of the embedded dataset (e.g. the demo's), a
 COCO-sized store written with synthetic assignments (1333x800 input, 7 GTs and ~300
 positives per image on average, positives in compact groups around each GT as PAA picks
 them). The sparse size (4 bytes anchor index + 2 bytes GT index per positive) is printed
-as the baseline the compressed-dense layout is compared with. Prints one JSON object.
+as the baseline the compressed-dense layout is compared with. The COCO-sized store is
+written twice, the second time as a TAL teacher's (format 2: each positive's alignment
+beside its assignment, here uniform in 1..255, the worst case for compression), and the
+ratio of the two sizes printed. Prints one JSON object.
 """
 import argparse
 import json
@@ -41,7 +44,7 @@ def synthetic_assignment(rng: np.random.Generator, layout: AnchorLayout, hw: tup
     return matched
 
 
-def coco_sized(entries: int, shard_entries: int) -> dict:
+def coco_sized(entries: int, shard_entries: int, alignment: bool = False) -> dict:
     layout = AnchorLayout()
     hw = padded_hw(800, 1333, layout.size_divisor)
     anchors = sum(layout.num_per_level(hw))
@@ -50,14 +53,17 @@ def coco_sized(entries: int, shard_entries: int) -> dict:
                             layout.to_dict(), {}, [])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "coco.zarr"
-        cache = AssignmentCache.create(path, provenance, list(range(entries)), np.tile(hw, (entries, 1)), anchors, shard_entries)
+        AssignmentCache.create(path, provenance, list(range(entries)), np.tile(hw, (entries, 1)), anchors, shard_entries,
+                               alignment)
+        cache = AssignmentCache.open(path, mode="r+")
         start, positives = time.perf_counter(), 0
         counts = np.full(cache.shard_entries, anchors)
         for shard in range(cache.num_shards):
             r = cache.shard_range(shard)
             rows = np.stack([synthetic_assignment(rng, layout, hw) for _ in r])
             positives += int((rows >= 0).sum())
-            cache.write_shard(shard, rows, counts[: len(r)], np.tile(hw, (len(r), 1)))
+            aligned = np.where(rows >= 0, rng.integers(1, 256, rows.shape), 0).astype(np.int16) if alignment else None
+            cache.write_shard(shard, rows, counts[: len(r)], np.tile(hw, (len(r), 1)), aligned)
         seconds = time.perf_counter() - start
         size, files = cache.bytes_on_disk()
     return {"input": "1333x800", "anchors": anchors, "entries": entries, "positives_per_entry": round(positives / entries, 1),
@@ -71,14 +77,17 @@ def main() -> None:
     p.add_argument("--entries", type=int, default=10000)
     p.add_argument("--shard-entries", type=int, default=4096)
     args = p.parse_args()
-    result = {"coco_sized": coco_sized(args.entries, args.shard_entries),
+    plain, aligned = (coco_sized(args.entries, args.shard_entries, alignment) for alignment in (False, True))
+    aligned["bytes_ratio_to_assignment_only"] = round(aligned["bytes_per_entry"] / plain["bytes_per_entry"], 3)
+    result = {"coco_sized": plain, "coco_sized_with_alignment": aligned,
               "targets": {"bytes_per_coco_entry": 4096, "files_per_10000_entries": 10}}
     if (args.cache / "zarr.json").is_file():
         store = AssignmentCache.open(args.cache)
         info = cache_info(args.cache)
-        positives = sum(int((slab >= 0).sum()) for _, slab in store.slabs())
+        positives = sum(int((slab[:, :store.max_anchors] >= 0).sum()) for _, slab in store.slabs())
         result["embedded"] = {"cache": str(args.cache), "entries": info["entries"], "bytes_per_entry": info["bytes_per_entry"],
-                              "sparse_bytes_per_entry": round(6 * positives / info["entries"], 1), "files": info["files"]}
+                              "sparse_bytes_per_entry": round(6 * positives / info["entries"], 1), "files": info["files"],
+                              "class_target": info["class_target"]}
     else:
         result["embedded"] = f"no cache at {args.cache}: run `lad demo` first or pass --cache"
     print(json.dumps(result))

@@ -214,12 +214,12 @@ class CachedAssignment(AssignmentSource):
                  assigner: Assigner = ASSIGNERS["paa"], cross_assigner: bool = False, alignment_from: str | None = None):
         self.path = location(path)  # a URL stays one
         self.cache = AssignmentCache.open(self.path)
-        self.teacher_target = teacher_target_of_cache(self.path, self.cache.has_alignment, assigner, alignment_from)
         self.layout = layout
         self.split = split
         self.assigner = assigner
         made_by = assigner_named(self.cache.provenance.assigner)
         check_assigner(self.path, "cache", made_by, assigner, cross_assigner)
+        self.teacher_target = teacher_target_of_cache(self.path, self.cache.has_alignment, made_by, assigner, alignment_from)
         field_name = self.cache.provenance.differs_from({
             "annotations_sha256": split.sha256, "categories": split.categories, "views": [v.to_dict() for v in views],
             "anchor_layout": layout.to_dict(), "assigner": (made_by if cross_assigner else assigner).record()})
@@ -275,15 +275,17 @@ class CoLearning(AssignmentSource):
         return SourceOutput(matched, self.assigner, stats={"student_teaches": share})
 
 
-def teacher_target_of_cache(path, stored: bool, student: Assigner, alignment_from: str | None) -> bool:
+def teacher_target_of_cache(path, stored: bool, made_by: Assigner, student: Assigner, alignment_from: str | None) -> bool:
     """Whether a cached TAL student trains on the teacher's stored alignment: by default where
-    the store has it; --alignment-from teacher on a store without it is refused."""
+    the store has it; --alignment-from teacher on a store without it is refused. A TAL store
+    without it (cache format 1) is said once; a one-hot assigner's store (cross-assigner) has none."""
     if not student.soft_targets or alignment_from == "student":
         return False
+    why = "cache format 1: remake it with lad assign --overwrite" if made_by.soft_targets else \
+        f"its teacher assigned by {made_by.name}, with one-hot targets"
     if alignment_from == "teacher" and not stored:
-        raise LadError(f"{path}: the cache holds no teacher's alignment (made by lad before cache format 2, or by a "
-                       "one-hot assigner): remake it with lad assign --overwrite, or use --alignment-from student")
-    if not stored:
+        raise LadError(f"{path}: the cache holds no teacher's alignment ({why}); use --alignment-from student")
+    if not stored and made_by.soft_targets:
         console.print(f"[yellow]{path}: the cache holds no teacher's alignment (cache format 1): the student's own "
                       "alignment is its class target (lad assign --overwrite stores the teacher's)")
     return stored
