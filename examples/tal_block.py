@@ -36,6 +36,8 @@ RUNS = {
     "tal-baseline": {"assigner": "tal"},
     "tal-lad": {"assigner": "tal", "cache": "TAL"},
     "tal-lad-own": {"assigner": "tal", "cache": "TAL", "alignment_from": "student"},
+    "tal-lad-one-hot": {"assigner": "tal", "cache": "TAL", "one_hot_epochs": EPOCHS // 3},
+    "tal-lad-atss": {"assigner": "tal", "cache": "TAL", "atss_epochs": EPOCHS // 3},
     "tal-lad-online": {"assigner": "tal", "teacher": "TAL"},
     "tal-lad-from-paa": {"assigner": "tal", "cache": "PAA", "cross_assigner": True},
     "paa-lad-from-tal": {"assigner": "paa", "cache": "TAL", "cross_assigner": True},
@@ -47,6 +49,9 @@ ROWS = [
     Row("TAL LAD (cache; default: teacher's alignment)", "tal-lad", "last.pt", "TAL baseline",
         "a cached TAL student beats its baseline by default"),
     Row("TAL LAD (cache; student's own alignment)", "tal-lad-own", "last.pt", "TAL baseline", "the default before"),
+    Row("TAL LAD (cache; one-hot first third)", "tal-lad-one-hot", "last.pt", "TAL baseline",
+        "one-hot targets on the teacher's positives first"),
+    Row("TAL LAD (cache; ATSS first third)", "tal-lad-atss", "last.pt", "TAL baseline", "ATSS warm-up first"),
     Row("TAL LAD (online; teacher's alignment)", "tal-lad-online", "last.pt", "TAL baseline", "online LAD works with TAL"),
     Row("TAL LAD (T: PAA, cache, cross)", "tal-lad-from-paa", "last.pt", "TAL baseline", "a PAA teacher lifts a TAL student"),
     Row("PAA LAD (T: TAL, cache, cross)", "paa-lad-from-tal", "last.pt", "PAA baseline", "a TAL teacher lifts a PAA student"),
@@ -58,10 +63,11 @@ ROWS = [
 class BlockExperiment(Experiment):
     """Teachers, caches and students of one backbone in `out`."""
 
-    def __init__(self, out: Path, backbone: str, resume: bool, overwrite: bool):
+    def __init__(self, out: Path, backbone: str, resume: bool, overwrite: bool, runs: list[str]):
         super().__init__(out, replace(FULL, student_epochs=EPOCHS), resume, overwrite)
         self.backbone = {"arch": BACKBONES[backbone], "weights": imagenet_weights() if backbone == "imagenet" else None}
-        self.total = len(TEACHERS) + len(self.scale.seeds) * len(RUNS)
+        self.runs = runs
+        self.total = len(TEACHERS) + len(self.scale.seeds) * len(runs)
 
     def teachers(self) -> dict:
         from lad_cli.demo import SCHEDULE
@@ -81,7 +87,8 @@ class BlockExperiment(Experiment):
 
     def students(self, seed: int) -> dict:
         found = {}
-        for key, source in RUNS.items():
+        for key in self.runs:
+            source = RUNS[key]
             config = findings_config(self.data, seed, self.scale.student_epochs, warmup=self.scale.student_warmup,
                                      **self.backbone, **self.with_paths(source))
             checkpoints = ("last.pt", "peer_last.pt") if source.get("colearn") else ("last.pt",)
@@ -89,22 +96,27 @@ class BlockExperiment(Experiment):
         return found
 
 
-def run_block(out: Path, backbone: str, resume: bool, overwrite: bool) -> str:
+def run_block(out: Path, backbone: str, resume: bool, overwrite: bool, runs: list[str]) -> str:
     if resume and overwrite:
         raise LadError("--resume and --overwrite exclude each other")
-    experiment = BlockExperiment(out, backbone, resume, overwrite)
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown:
+        raise LadError(f"unknown run {unknown[0]!r}: use {', '.join(RUNS)}")
+    experiment = BlockExperiment(out, backbone, resume, overwrite, runs)
     started = time.perf_counter()
     experiment.prepare_folder()
     experiment.synth()
     teachers = experiment.teachers()
     per_seed = {seed: experiment.students(seed) for seed in experiment.scale.seeds}
-    rows = aggregate(teachers, per_seed, ROWS)
+    rows_run = [row for row in ROWS if row.run in runs and (row.baseline is None or any(
+        r.label == row.baseline and r.run in runs for r in ROWS))]
+    rows = aggregate(teachers, per_seed, rows_run)
     seconds = round(time.perf_counter() - started)
     arch = experiment.backbone["arch"]
     header = (f"**The TAL block, {arch} {'from ImageNet' if backbone == 'imagenet' else 'from scratch'}** "
               f"({experiment.scale.describe('12 epochs')}; every network {arch}; TAL teacher and TAL baseline with ATSS "
               f"for their first third, LAD students without; {seconds} s in all{', resumed' if resume else ''})")
-    table = render_table(rows, header, ROWS)
+    table = render_table(rows, header, rows_run)
     (out / "tal_block.md").write_text(table + "\n")
     (out / "tal_block.json").write_text(json.dumps({"backbone": backbone, **experiment.backbone, "epochs": EPOCHS,
                                                     "seconds": seconds, "rows": rows}, indent=2) + "\n")
@@ -117,9 +129,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="[default: tal-block-BACKBONE]")
     p.add_argument("--resume", action="store_true", help="Reuse the runs already scored in --out.")
     p.add_argument("--overwrite", action="store_true", help="Redo every run in --out.")
+    p.add_argument("--runs", default=",".join(RUNS), help="The student runs to train, comma-separated [default: all].")
     args = p.parse_args()
     out = args.out or Path(f"tal-block-{args.backbone}")
-    print_or_exit(lambda: run_block(out, args.backbone, args.resume, args.overwrite))
+    print_or_exit(lambda: run_block(out, args.backbone, args.resume, args.overwrite, args.runs.split(",")))
 
 
 if __name__ == "__main__":

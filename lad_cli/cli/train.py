@@ -112,6 +112,7 @@ def student_train(
     cross_assigner: Annotated[bool, typer.Option("--cross-assigner", help="Accept a cache or teacher of another assigner than --assigner (cross-assigner LAD).")] = False,
     alignment_from: Annotated[Optional[Literal[ALIGNMENT_FROM]], typer.Option(help="TAL student of a teacher: class target from the teacher's alignment on its positives (teacher) or the student's own (student) [default: teacher where the teacher or the cache gives it, else student].")] = None,
     atss_epochs: AtssEpochs = None,
+    one_hot_epochs: Annotated[int, typer.Option(min=0, help="TAL student of a teacher or cache: its first N epochs train on the teacher's assignment with one-hot class targets (PAA's head loss), then on the alignment.")] = T.one_hot_epochs,
     epochs: Epochs = T.epochs, batch: BatchSize = T.batch, lr: Lr = T.lr, device: Device = T.device, amp: Amp = T.amp,
     seed: Seed = T.seed, resume: Resume = False, overwrite: Overwrite = False, workers: Workers = T.workers,
     size: Annotated[Optional[int], typer.Option(callback=check_size, help=f"Shorter side, {INPUT_SIDES[0]} to {INPUT_SIDES[1]} [default: the teacher's or cache's, else 800].")] = None,
@@ -141,5 +142,6 @@ def student_train(
         teacher=path_str(teacher), cache=path_str(cache), allow_partial=allow_partial, colearn=colearn,
         peer_arch=peer_arch, peer_init=path_str(peer_init), init=path_str(init), switch=switch, soft_label_weight=soft_label_weight,
         soft_label_gamma=soft_label_gamma, assign_from=assign_from, cross_assigner=cross_assigner,
-        alignment_from=alignment_from, atss_epochs=atss_epochs, strict_boxes=strict_boxes, **inputs)
+        alignment_from=alignment_from, atss_epochs=atss_epochs, one_hot_epochs=one_hot_epochs, strict_boxes=strict_boxes,
+        **inputs)
     emit_json(train(cfg, resume=resume, overwrite=overwrite, given=given_options(ctx)))

@@ -96,10 +96,12 @@ class OwnAssignment(AssignmentSource):
 
 class WarmedUp(AssignmentSource):
     """Any source whose first `epochs` epochs use the static ATSS assignment instead (TOOD's
-    warm-up: a random network's alignment is noise) and PAA's head loss; then the source."""
+    warm-up: a random network's alignment is noise) and PAA's head loss; then the source.
+    `one_hot`: a LAD source keeps its (the teacher's) assignment and only trains it with
+    PAA's one-hot head loss during those epochs."""
 
-    def __init__(self, source: AssignmentSource, epochs: int):
-        self.source, self.epochs, self.epoch = source, epochs, 0
+    def __init__(self, source: AssignmentSource, epochs: int, one_hot: bool = False):
+        self.source, self.epochs, self.epoch, self.one_hot = source, epochs, 0, one_hot
         self.box_weighting, self.assigner = source.box_weighting, source.assigner
 
     def set_epoch(self, epoch: int) -> None:
@@ -109,6 +111,9 @@ class WarmedUp(AssignmentSource):
     def assign(self, batch: Batch, preds: dict[str, Predictions], anchors: Tensor, counts: list[int]) -> SourceOutput:
         if self.epoch >= self.epochs:
             return self.source.assign(batch, preds, anchors, counts)
+        if self.one_hot:
+            out = self.source.assign(batch, preds, anchors, counts)
+            return SourceOutput(out.matched_idxs, WARMUP, checks=out.checks)
         return SourceOutput(WARMUP.assign(anchors, counts, preds["student"], batch.targets), WARMUP)
 
     def peers(self) -> dict[str, PAADetector]:
@@ -124,7 +129,7 @@ class WarmedUp(AssignmentSource):
         return self.source.extra_losses(batch, preds, out, anchors) if self.epoch >= self.epochs else {}
 
     def describe(self, network: str = "student") -> dict:
-        return {**self.source.describe(network), "atss_warmup_epochs": self.epochs}
+        return {**self.source.describe(network), ("one_hot_epochs" if self.one_hot else "atss_warmup_epochs"): self.epochs}
 
 
 class TeacherAssignment(AssignmentSource):
@@ -334,9 +339,15 @@ def build_source(cfg, student: PAADetector, split: CocoSplit, device: torch.devi
         raise LadError(f"--alignment-from {cfg.alignment_from} needs --teacher or --cache (the class target of a LAD student)")
     if cfg.cross_assigner and not (cfg.cache or cfg.teacher):
         raise LadError("--cross-assigner needs --cache or --teacher (the assignments of another assigner)")
+    lad = cfg.cache or cfg.teacher
+    if cfg.one_hot_epochs and not lad:
+        raise LadError("--one-hot-epochs needs --cache or --teacher (one-hot targets on the teacher's assignment)")
+    if cfg.one_hot_epochs and cfg.atss_epochs:
+        raise LadError("--one-hot-epochs and --atss-epochs exclude each other: give one warm-up")
     assigner = student_assigner(cfg.assigner)
     source = _source(cfg, student, split, device, bf16, assigner)
-    lad = cfg.cache or cfg.teacher
+    if cfg.one_hot_epochs:
+        return WarmedUp(source, cfg.one_hot_epochs, one_hot=True)
     epochs = cfg.atss_epochs if cfg.atss_epochs is not None else (0 if lad or assigner.name != "tal" else round(cfg.epochs / 3))
     return WarmedUp(source, epochs) if epochs > 0 else source
 
