@@ -63,8 +63,8 @@ ROWS = [
 class BlockExperiment(Experiment):
     """Teachers, caches and students of one backbone in `out`."""
 
-    def __init__(self, out: Path, backbone: str, resume: bool, overwrite: bool, runs: list[str]):
-        super().__init__(out, replace(FULL, student_epochs=EPOCHS), resume, overwrite)
+    def __init__(self, out: Path, backbone: str, resume: bool, overwrite: bool, runs: list[str], teacher_epochs: int):
+        super().__init__(out, replace(FULL, student_epochs=EPOCHS, teacher_epochs=teacher_epochs), resume, overwrite)
         self.backbone = {"arch": BACKBONES[backbone], "weights": imagenet_weights() if backbone == "imagenet" else None}
         self.runs = runs
         self.total = len(TEACHERS) + len(self.scale.seeds) * len(runs)
@@ -75,7 +75,10 @@ class BlockExperiment(Experiment):
         from lad_cli.distill.config import AssignConfig
 
         found = {}
+        needed = {v for r in self.runs for k, v in RUNS[r].items() if k in ("cache", "teacher")}
         for short, source in TEACHERS.items():
+            if short not in needed:
+                continue
             folder, cache = self.teacher_dir(short), self.cache_path(short)
             config = findings_config(self.data, 0, self.scale.teacher_epochs, warmup=self.scale.teacher_warmup,
                                      **self.backbone, **source)
@@ -96,13 +99,13 @@ class BlockExperiment(Experiment):
         return found
 
 
-def run_block(out: Path, backbone: str, resume: bool, overwrite: bool, runs: list[str]) -> str:
+def run_block(out: Path, backbone: str, resume: bool, overwrite: bool, runs: list[str], teacher_epochs: int = EPOCHS) -> str:
     if resume and overwrite:
         raise LadError("--resume and --overwrite exclude each other")
     unknown = [r for r in runs if r not in RUNS]
     if unknown:
         raise LadError(f"unknown run {unknown[0]!r}: use {', '.join(RUNS)}")
-    experiment = BlockExperiment(out, backbone, resume, overwrite, runs)
+    experiment = BlockExperiment(out, backbone, resume, overwrite, runs, teacher_epochs)
     started = time.perf_counter()
     experiment.prepare_folder()
     experiment.synth()
@@ -130,9 +133,11 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="Reuse the runs already scored in --out.")
     p.add_argument("--overwrite", action="store_true", help="Redo every run in --out.")
     p.add_argument("--runs", default=",".join(RUNS), help="The student runs to train, comma-separated [default: all].")
+    p.add_argument("--teacher-epochs", type=int, default=EPOCHS, help="The teachers' schedule (the students keep 12).")
     args = p.parse_args()
     out = args.out or Path(f"tal-block-{args.backbone}")
-    print_or_exit(lambda: run_block(out, args.backbone, args.resume, args.overwrite, args.runs.split(",")))
+    print_or_exit(lambda: run_block(out, args.backbone, args.resume, args.overwrite, args.runs.split(","),
+                                    args.teacher_epochs))
 
 
 if __name__ == "__main__":
