@@ -115,7 +115,9 @@ def test_resume_removes_leftovers_of_interrupted_writes_whatever_their_name(stor
 # ten seconds after its first shard: a test interrupts it mid-run, as Ctrl-C would (at 0.1 s
 # a loaded machine's poll of the store saw the first shard only once the run had ended).
 SLOW_ASSIGN = """
+import signal
 import time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the test process ignores
 from lad_cli.cli import main
 from lad_cli.distill.teacher import Teacher
 predict = Teacher.predict

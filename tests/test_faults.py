@@ -127,8 +127,8 @@ def test_killed_assign_resumes_to_the_same_store(teacher, cache, synth_data, tmp
     assert f"cache incomplete: {len(done)} of 24 entries (finish it with lad assign --resume" in line
     images_done = sorted({e // 2 for e in done if e ^ 1 in done})
     read = []
-    real_read = AssignmentCache.read
-    monkeypatch.setattr(AssignmentCache, "read", lambda self, e, n: read.append(e) or real_read(self, e, n))
+    real_read = AssignmentCache.read_entry
+    monkeypatch.setattr(AssignmentCache, "read_entry", lambda self, e, n: read.append(e) or real_read(self, e, n))
     result = invoke(*student, "--allow-partial", "--out", tmp_path / "partial")
     assert result.exit_code == 0, result.output
     assert (f"--allow-partial: cache incomplete ({len(done)} of 24 entries): training on the {len(images_done)} of 12 "

@@ -52,10 +52,19 @@ def test_tal_cache_holds_exactly_the_online_assignment(tal_cache, tal_teacher, s
 
 
 def test_tal_student_from_cache_equals_online_student(tal_cache, tal_teacher, synth_data, tmp_path):
-    assert_cached_student_is_online(tal_cache, tal_teacher, synth_data, tmp_path, "--alignment-from", "student")
+    assert_cached_student_is_online(tal_cache, tal_teacher, synth_data, tmp_path, "--alignment-from", "student",
+                                    "--atss-epochs", "0")
     config = json.loads((tmp_path / "cached" / "config.json").read_text())
-    assert config["assigner"] == "tal" and config["atss_epochs"] is None  # followed the cache; LAD: no warm-up
+    assert config["assigner"] == "tal" and config["atss_epochs"] == 0  # followed the cache; no warm-up, as asked
     assert trained_on(tmp_path / "cached" / "last.pt")["class_target"] == "student's own alignment"
+
+
+def test_a_tal_lad_student_starts_on_atss_by_default(tal_cache, synth_data, tmp_path):
+    result = invoke("student-train", "--cache", tal_cache, "--data", synth_data, "--epochs", "3", "--val-split", "",
+                    "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    trained = trained_on(tmp_path / "run" / "last.pt")
+    assert trained["atss_warmup_epochs"] == 1 and trained["class_target"] == "teacher's alignment"
 
 
 def test_cached_tal_student_trains_on_the_teachers_stored_alignment(tal_cache, tal_teacher, synth_data, tmp_path):
@@ -63,7 +72,7 @@ def test_cached_tal_student_trains_on_the_teachers_stored_alignment(tal_cache, t
     losses are the online teacher-target student's to within the 1/255 quantisation, and not
     those of the student's own alignment."""
     assert info(tal_cache)["class_target"].startswith("the teacher's alignment (stored")
-    common = ["--data", synth_data, "--epochs", "2", "--val-split", "", *TINY]
+    common = ["--data", synth_data, "--epochs", "2", "--atss-epochs", "0", "--val-split", "", *TINY]
     runs = {"cached": ["--cache", tal_cache], "online": ["--teacher", tal_teacher],
             "own": ["--cache", tal_cache, "--alignment-from", "student"]}
     for name, given in runs.items():
@@ -211,3 +220,30 @@ def test_a_changed_alignment_value_is_a_corrupt_entry(tal_cache, synth_data, tmp
     result = invoke("cache", "verify", copy, "--data", synth_data)
     assert result.exit_code == 2 and "is corrupt (checksum mismatch)" in result.stderr
     assert AssignmentCache.open(copy).read(1, int(counts[1])).shape == (counts[1],)  # other entries read
+
+
+def test_one_hot_epochs_train_the_teachers_positives_with_paas_loss_first(tal_cache, synth_data, tmp_path):
+    """--one-hot-epochs 1: the first epoch is PAA's head loss on the TAL teacher's assignment
+    (as a PAA student of that cache), the next the TAL loss on the teacher's alignment."""
+    common = ["student-train", "--cache", tal_cache, "--data", synth_data, "--epochs", "2", "--val-split", "", *TINY]
+    runs = {"warm": ["--one-hot-epochs", "1"], "paa": ["--assigner", "paa", "--cross-assigner"], "tal": []}
+    for name, given in runs.items():
+        result = invoke(*common, *given, "--out", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    losses = {r: [json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines() if "loss" in x]
+              for r in runs}
+    first = len(losses["warm"]) // 2  # iterations of epoch 1
+    assert losses["warm"][:first] == pytest.approx(losses["paa"][:first], abs=1e-5)
+    assert losses["warm"][first] != pytest.approx(losses["paa"][first], abs=1e-3)
+    assert losses["warm"][0] != pytest.approx(losses["tal"][0], abs=1e-3)
+    assert trained_on(tmp_path / "warm" / "last.pt")["one_hot_epochs"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--one-hot-epochs", "2"], "--one-hot-epochs needs --cache or --teacher"),
+    (["--one-hot-epochs", "2", "--atss-epochs", "1", "--cache", "TAL_CACHE"], "exclude each other: give one warm-up"),
+])
+def test_bad_warm_up_options(args, message, tal_cache, synth_data, tmp_path):
+    args = [tal_cache if a == "TAL_CACHE" else a for a in args]
+    result = invoke("student-train", "--data", synth_data, "--out", tmp_path / "r", *TINY, *args)
+    assert result.exit_code == 2 and message in result.stderr, result.output

@@ -214,5 +214,5 @@ SkipNonfinite = Annotated[int, typer.Option(min=0, help="Skip up to K batches wh
 Clip = Annotated[float, typer.Option(callback=_check(_clip_error), help="Gradient clipping max norm, > 0 (inf: no clipping).")]
 BoxWeighting = Annotated[Optional[Literal[BOX_WEIGHTINGS]], typer.Option(help="GIoU loss weighting: iou (PAA) or mean (reference LAD head) [default: iou for own assignments, mean for LAD].")]
 AssignerName = Annotated[Literal[ASSIGNERS], typer.Option("--assigner", help="Label assignment: paa (PAA, the default) or tal (task-aligned, TOOD/YOLOv8).")]
-AtssEpochs = Annotated[Optional[int], typer.Option(min=0, help="Epochs of ATSS warm-up before the assigner takes over [default: a third of the run for TAL on its own predictions, else 0].")]
+AtssEpochs = Annotated[Optional[int], typer.Option(min=0, help="Epochs of ATSS warm-up before the assigner or the teacher takes over [default: a third of the run for a TAL student, own, co-learned or LAD; else 0].")]
 StrictBoxes = Annotated[bool, typer.Option("--strict-boxes", help="Refuse an annotation file with a box of no area inside its image or overrunning it by more than 1 px, instead of dropping or clipping it (with one warning line) as torchvision, mmdetection and detectron2 do.")]

@@ -53,7 +53,7 @@ class TrainConfig:
     # With a teacher: "teacher" (LAD), or "student" (its own PAA; the teacher gives soft labels only).
     assign_from: str = "teacher"
     assigner: str = "paa"  # paa or tal: the head loss, and the assignment where the network makes its own
-    atss_epochs: int | None = None  # ATSS warm-up epochs; None: a third of the run for own/co-learned TAL, else 0
+    atss_epochs: int | None = None  # ATSS warm-up epochs; None: a third of the run for a TAL student, else 0
     one_hot_epochs: int = 0  # a LAD student's first epochs on the teacher's assignment with one-hot targets (PAA's loss)
     cross_assigner: bool = False  # accept a cache or teacher of another assigner than --assigner
     # A TAL student of a teacher: whose alignment on the teacher's positives is the class target;
