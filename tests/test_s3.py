@@ -19,7 +19,7 @@ import torch
 from lad_cli.distill.cache.store import AssignmentCache, anchor_counts
 from lad_cli.model.anchors import AnchorLayout
 from lad_cli.distill.cache.url_claim import Lock
-from lad_cli.distill.cache.remote import object_store
+from lad_cli.distill.cache.remote import object_store, request_failure
 from tests.conftest import TINY, assign_args, invoke
 from tests.test_faults import PACED_ASSIGN, error_line, run_and_kill
 
@@ -267,3 +267,14 @@ def test_student_on_s3_equals_the_student_on_disk(s3, remote, local, synth_data,
         for key in ("loss", "loss_cls", "loss_box", "loss_iou"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), (a["iteration"], key)
     assert json.loads((tmp_path / "s3" / "config.json").read_text())["cache"] == remote
+
+
+@pytest.mark.parametrize("message, why", [
+    ("Generic S3 error: error sending request for url (http://127.0.0.1:40317/lad-test?list-type=2): connection refused",
+     "cannot reach the object store"),
+    ("Generic S3 error: Client error with status 403 Forbidden: <Error><Code>AccessDenied</Code></Error>",
+     "access denied: check the credentials"),
+])
+def test_a_port_with_403_in_it_is_no_access_denied(message, why):
+    """A refused connection to a port like 40317 once read as 'access denied' (a clean-clone run here)."""
+    assert request_failure(RuntimeError(message)).startswith(why)

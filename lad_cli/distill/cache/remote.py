@@ -18,6 +18,7 @@ The output policy of `outputs.claim`, without rename or flock (object stores hav
 """
 import json
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -98,13 +99,17 @@ def store_error(url: str, exc: Exception) -> LadError:
     return LadError(f"{url}: {request_failure(exc)}")
 
 
+# The status in a message, not the digits of a port or an address ("127.0.0.1:40317" is no 403).
+_HTTP_403 = re.compile(r"(?<![\w:.])403(?!\d)")
+
+
 def request_failure(exc: Exception) -> str:
     """What went wrong with a request to the object store, in a few words."""
     if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
         why = "access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
     elif isinstance(exc, NotFoundError) or "NoSuchBucket" in str(exc):
         why = "no such bucket"
-    elif "InvalidAccessKeyId" in str(exc) or "SignatureDoesNotMatch" in str(exc) or "403" in str(exc):
+    elif "InvalidAccessKeyId" in str(exc) or "SignatureDoesNotMatch" in str(exc) or _HTTP_403.search(str(exc)):
         why = "access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
     else:
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
