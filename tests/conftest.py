@@ -45,6 +45,14 @@ def teacher(teacher_run) -> Path:
     return teacher_run / "last.pt"
 
 
+def error_line(result) -> str:
+    """The single `error: ...` line of a command that failed as a user error (exit 2)."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
 def assign_args(teacher, data, cache, *extra):
     """`lad assign` of `teacher` on `data` into `cache`: 12 images x 2 views, 2 entries per
     shard (12 shards, so kills land between shards), float32 (the same store on any CPU)."""

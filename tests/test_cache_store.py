@@ -15,17 +15,9 @@ import torch
 
 from lad_cli.distill.cache.store import AssignmentCache
 from lad_cli.errors import LadError
-from tests.conftest import TINY, assign_args, invoke
+from tests.conftest import TINY, assign_args, error_line, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def error_line(result) -> str:
-    """The single `error: ...` line of a command that failed as a user error (exit 2)."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def info(path) -> dict:

@@ -21,19 +21,23 @@ from lad_cli.assign import registry
 from lad_cli.distill.cache.store import AssignmentCache
 from lad_cli.engine import loop
 from lad_cli.model.build import load_checkpoint
-from tests.conftest import TINY, assign_args, invoke
+from tests.conftest import TINY, assign_args, error_line, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 
-def error_line(result) -> str:
-    """The single `error: ...` line of a command that failed as a user error (exit 2)."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
+def assert_entry_10_named_corrupt(store, data, out, image_id) -> None:
+    """`cache verify` names entry 10 (image 5, orig) as corrupt, and a student stops on image 5
+    in whichever of its two views it reads first."""
+    line = error_line(invoke("cache", "verify", store, "--data", data))
+    assert line.startswith(f"error: {store}: entry 10 (image id {image_id}, view orig) is corrupt"), line
+    result = invoke("student-train", "--cache", store, "--data", data, "--out", out, "--epochs", "1", "--val-split", "",
+                    *TINY)
+    line = error_line(result)  # every image is read once per epoch, in one of its two views
+    assert any(line.startswith(f"error: {store}: entry {e} (image id {image_id}, view {v}) is corrupt")
+               for e, v in ((10, "orig"), (11, "flip"))), line
 
 
 def info(path) -> dict:
@@ -236,13 +240,7 @@ def test_corrupted_store_is_detected_naming_the_entry(cache, teacher, synth_data
     shutil.copytree(cache, store)
     image_id = AssignmentCache.open(store).image_ids()[5]
     corrupt(store, 5, how)
-    line = error_line(invoke("cache", "verify", store, "--data", synth_data))
-    assert line.startswith(f"error: {store}: entry 10 (image id {image_id}, view orig) is corrupt"), line
-    result = invoke("student-train", "--cache", store, "--data", synth_data, "--out", tmp_path / "student",
-                    "--epochs", "1", "--val-split", "", *TINY)
-    line = error_line(result)  # every image is read once per epoch, in one of its two views
-    assert any(line.startswith(f"error: {store}: entry {e} (image id {image_id}, view {v}) is corrupt")
-               for e, v in ((10, "orig"), (11, "flip"))), line
+    assert_entry_10_named_corrupt(store, synth_data, tmp_path / "student", image_id)
     # The repair docs/failures.md gives: drop the shard's rows, and --resume recomputes that shard only.
     (store / "entries" / "c" / "5" / "0").unlink()
     result = invoke(*assign_args(teacher, synth_data, store), "--resume")

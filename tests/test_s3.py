@@ -20,8 +20,8 @@ from lad_cli.distill.cache.store import AssignmentCache, anchor_counts
 from lad_cli.model.anchors import AnchorLayout
 from lad_cli.distill.cache.url_claim import Lock
 from lad_cli.distill.cache.remote import object_store, request_failure
-from tests.conftest import TINY, assign_args, invoke
-from tests.test_faults import PACED_ASSIGN, error_line, run_and_kill
+from tests.conftest import TINY, assign_args, error_line, invoke
+from tests.test_faults import PACED_ASSIGN, assert_entry_10_named_corrupt, run_and_kill
 
 BUCKET = "lad-test"
 
@@ -166,13 +166,7 @@ def test_a_corrupted_object_is_refused_naming_the_entry(s3, remote, synth_data, 
         offset, nbytes = struct.unpack_from("<QQ", index, 16 * chunk)
         data[offset + nbytes // 2] ^= 0xFF
     s3.put_object(Bucket=BUCKET, Key=shard, Body=bytes(data))
-    line = error_line(invoke("cache", "verify", cache, "--data", synth_data))
-    assert line.startswith(f"error: {cache}: entry 10 (image id {image_id}, view orig) is corrupt"), line
-    result = invoke("student-train", "--cache", cache, "--data", synth_data, "--out", tmp_path / "student",
-                    "--epochs", "1", "--val-split", "", *TINY)
-    line = error_line(result)  # every image is read once per epoch, in one of its two views
-    assert any(line.startswith(f"error: {cache}: entry {e} (image id {image_id}, view {v}) is corrupt")
-               for e, v in ((10, "orig"), (11, "flip"))), line
+    assert_entry_10_named_corrupt(cache, synth_data, tmp_path / "student", image_id)
 
 
 @pytest.mark.parametrize("case, variable, value, message", [

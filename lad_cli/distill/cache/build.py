@@ -167,7 +167,7 @@ def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: 
                                f"{', '.join(map(str, ids))}: it cannot assign (every anchor would be background)")
             alignment = teacher.class_target(batch, matched, pred, assigner) if cache is not None and cache.has_alignment \
                 else None
-            matched = matched.cpu()
+            matched, alignment = matched.cpu(), None if alignment is None else alignment.cpu()
             if cache is None:
                 anchors, per_level = teacher.model.anchors(batch.padded_hw, ctx.device)
                 cand = assigner.candidates(anchors, batch.targets)
@@ -180,7 +180,7 @@ def _teacher_pass(cfg: AssignConfig, ctx: dist.Dist, teacher: Teacher, dataset: 
                 for j, e in enumerate(entries):
                     rows[e - r.start, : counts[e]] = matched[j, : counts[e]].numpy()
                     if aligned is not None:
-                        aligned[e - r.start, : counts[e]] = quantise_alignment(alignment[j, : counts[e]].cpu().numpy())
+                        aligned[e - r.start, : counts[e]] = quantise_alignment(alignment[j, : counts[e]].numpy())
                 if last_of_shard[i]:
                     cache.write_shard(shard_of[entries[0]], rows, counts[r.start:r.stop], padded[r.start:r.stop], aligned)
                     rows = aligned = None
